@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system libraries aimsvoice needs when they are missing (Debian/Ubuntu).
+# PortAudio is what sounddevice talks to; the Python package does not ship it on Linux.
+set -euo pipefail
+
+missing=()
+ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2' || missing+=(libportaudio2)
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "aimsvoice needs: ${missing[*]}; install them with your system's package manager." >&2
+    exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing system packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
