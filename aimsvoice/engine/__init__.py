@@ -1,0 +1,1 @@
+"""The PersonaPlex engine: model loading (moshi), persona conditioning and the step loop."""
