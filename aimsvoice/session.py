@@ -17,3 +17,11 @@ class FrameEngine(Protocol):
     """One 80 ms frame of user audio in, one frame of agent audio (and text) out."""
 
     def step(self, pcm: np.ndarray) -> StepOut: ...
+
+
+# --- offline ---
+# --- end offline ---
+
+
+# --- live ---
+# --- end live ---
