@@ -1,0 +1,230 @@
+"""Personas: a voice and a text prompt (plus optional sampling overrides) under one name.
+
+Built-in personas are the TOML files in the repository's `personas/` folder. Files in the user's
+folder, `$XDG_CONFIG_HOME/aimsvoice/personas/` (default `~/.config/aimsvoice/personas/`), add to
+them or override them; a persona's name is its file stem, case-insensitive. A persona file:
+
+    display_name = "HeadCoach"      # optional; default: the name
+    description = "One line."       # optional
+    voice = "VARM2"                 # optional (default NATF2): a built-in voice or a .wav path,
+                                    #   relative paths resolved against the file's folder
+    text_prompt = \"\"\"
+    You are a head coach ...        # required; runs of whitespace become one space
+    \"\"\"
+
+    [sampling]                      # optional, any of:
+    temp_text = 0.7                 #   temperatures >= 0
+    topk_text = 25                  #   top-k >= 1
+    temp_audio = 0.8
+    topk_audio = 250
+
+The text prompt is written the way PersonaPlex was trained (role, name, facts, scenario, in the
+second person) and without `<system>` tags: the engine adds them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .errors import PersonaError
+from .layout import VOICE_NAMES
+
+DEFAULT_PERSONA = "assistant"
+DEFAULT_VOICE = "NATF2"  # the reference's assistant example voice
+PERSONA_SUFFIX = ".toml"
+
+_TEMP_KEYS = ("temp_text", "temp_audio")
+_TOPK_KEYS = ("topk_text", "topk_audio")
+_SAMPLING_KEYS = (*_TEMP_KEYS, *_TOPK_KEYS)
+_TOP_KEYS = ("display_name", "description", "voice", "text_prompt", "sampling")
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A named conditioning for PersonaPlex: a voice prompt, a text prompt, sampling overrides.
+
+    `voice` is a built-in voice name (one of `layout.VOICE_NAMES`) or the absolute path of a wav
+    file. A sampling field left as None means the engine's default.
+    """
+
+    name: str
+    display_name: str
+    description: str
+    voice: str
+    text_prompt: str
+    temp_text: float | None
+    topk_text: int | None
+    temp_audio: float | None
+    topk_audio: int | None
+    source: Path
+
+    @property
+    def is_builtin(self) -> bool:
+        """True for a persona shipped with aimsvoice, False for one from the user's folder."""
+        return self.source.parent == builtin_dir()
+
+
+def builtin_dir() -> Path:
+    """The folder of the built-in personas: `personas/` at the repository root."""
+    return Path(__file__).resolve().parent.parent / "personas"
+
+
+def user_dir() -> Path:
+    """The folder of the user's personas: `$XDG_CONFIG_HOME/aimsvoice/personas`."""
+    config_home = os.environ.get("XDG_CONFIG_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    base = Path(config_home) if os.path.isabs(config_home) else Path.home() / ".config"
+    return base / "aimsvoice" / "personas"
+
+
+def load_all() -> dict[str, Persona]:
+    """Every persona by name, sorted: the built-ins, then the user's (which override by name).
+
+    Raises `PersonaError` for the first persona file that does not parse or validate.
+    """
+    return {name: _parse(path, name) for name, path in sorted(_catalog().items())}
+
+
+def load(name: str | None = None) -> Persona:
+    """The persona called `name` (case-insensitive); None means `DEFAULT_PERSONA`.
+
+    Only that persona's file is parsed, so a broken file elsewhere does not get in the way.
+    Raises `PersonaError` for an unknown name (listing the choices) or an invalid file.
+    """
+    key = DEFAULT_PERSONA if name is None else name.strip().lower()
+    catalog = _catalog()
+    path = catalog.get(key)
+    if path is None:
+        choices = ", ".join(sorted(catalog)) or "none found"
+        raise PersonaError(
+            f"unknown persona {name or key!r}; choose one of: {choices} "
+            f"(or add your own as {user_dir() / (key + PERSONA_SUFFIX)})"
+        )
+    return _parse(path, key)
+
+
+def _catalog() -> dict[str, Path]:
+    """Persona name -> file, user files replacing built-ins of the same name."""
+    return {**_files_in(builtin_dir()), **_files_in(user_dir())}
+
+
+def _files_in(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() != PERSONA_SUFFIX or path.name.startswith(".") or not path.is_file():
+            continue
+        name = path.stem.lower()
+        if name in found:
+            raise PersonaError(
+                f"{found[name]} and {path} both define persona {name!r} "
+                "(names are case-insensitive); rename or remove one"
+            )
+        found[name] = path
+    return found
+
+
+def _parse(path: Path, name: str) -> Persona:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PersonaError(f"cannot read persona file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise PersonaError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    except tomllib.TOMLDecodeError as e:
+        raise PersonaError(f"{path}: invalid TOML: {e}; fix that line") from e
+
+    _reject_unknown(data, _TOP_KEYS, path, "")
+    # One space between words: prompts in PersonaPlex's training were single lines, and this lets
+    # a TOML file wrap a long prompt over several lines.
+    text_prompt = " ".join(_string(data, "text_prompt", path, "").split())
+    if not text_prompt:
+        raise PersonaError(
+            f'{path}: text_prompt is missing or empty; add text_prompt = "You are ..."'
+        )
+
+    sampling = data.get("sampling", {})
+    if not isinstance(sampling, dict):
+        raise PersonaError(
+            f"{path}: sampling must be a table ([sampling] with {', '.join(_SAMPLING_KEYS)})"
+        )
+    _reject_unknown(sampling, _SAMPLING_KEYS, path, "[sampling] ")
+
+    return Persona(
+        name=name,
+        display_name=_string(data, "display_name", path, "").strip() or name,
+        description=" ".join(_string(data, "description", path, "").split()),
+        voice=_voice(_string(data, "voice", path, DEFAULT_VOICE), path),
+        text_prompt=text_prompt,
+        temp_text=_temperature(sampling, "temp_text", path),
+        topk_text=_topk(sampling, "topk_text", path),
+        temp_audio=_temperature(sampling, "temp_audio", path),
+        topk_audio=_topk(sampling, "topk_audio", path),
+        source=path,
+    )
+
+
+def _reject_unknown(
+    table: dict[str, Any], allowed: tuple[str, ...], path: Path, where: str
+) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise PersonaError(
+            f"{path}: unknown {where}key {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
+def _string(data: dict[str, Any], key: str, path: Path, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise PersonaError(f'{path}: {key} must be a string, e.g. {key} = "..."')
+    return value
+
+
+def _voice(value: str, path: Path) -> str:
+    name = value.strip().upper()
+    if name in VOICE_NAMES:
+        return name
+    if Path(value).suffix.lower() == ".wav":
+        wav = Path(value).expanduser()
+        wav = wav if wav.is_absolute() else path.parent / wav
+        if wav.is_file():
+            return str(wav.resolve())
+        raise PersonaError(
+            f"{path}: voice file {wav} does not exist; fix the path or use a built-in voice"
+        )
+    raise PersonaError(
+        f"{path}: unknown voice {value!r}; use a built-in voice ({', '.join(VOICE_NAMES)}) "
+        "or a path to a .wav file"
+    )
+
+
+def _temperature(sampling: dict[str, Any], key: str, path: Path) -> float | None:
+    value = sampling.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python; `temp_text = true` is a mistake, not 1.0.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < 0:
+        raise PersonaError(f"{path}: [sampling] {key} = {value!r} must be a number >= 0")
+    return float(value)
+
+
+def _topk(sampling: dict[str, Any], key: str, path: Path) -> int | None:
+    value = sampling.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PersonaError(f"{path}: [sampling] {key} = {value!r} must be a whole number >= 1")
+    return value
