@@ -1,0 +1,42 @@
+"""Engine settings: where and how the model runs, and how it samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The reference's defaults for PersonaPlex (offline and server alike).
+TEMP_TEXT = 0.7
+TOPK_TEXT = 25
+TEMP_AUDIO = 0.8
+TOPK_AUDIO = 250
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling of text and audio tokens; `greedy` takes the argmax everywhere."""
+
+    greedy: bool = False
+    temp_text: float = TEMP_TEXT
+    topk_text: int = TOPK_TEXT
+    temp_audio: float = TEMP_AUDIO
+    topk_audio: int = TOPK_AUDIO
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run the engine.
+
+    device: "auto" (CUDA when available), "cuda" or "cpu".
+    dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16" or "float32"; Mimi always runs
+        in float32, as in the reference.
+    seed: seeds torch's generators before warm-up, for reproducible sampling; None leaves them.
+    cuda_graphs: capture the LM and depformer steps as CUDA graphs (CUDA only), as moshi does.
+    profile: synchronize the device between stages so per-stage timings are exact (slower).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int | None = None
+    cuda_graphs: bool = True
+    profile: bool = False

@@ -1,0 +1,209 @@
+"""Build and load PersonaPlex from a model directory with moshi's own loaders.
+
+The LM is built on the meta device and its weights are assigned straight onto the target device
+and dtype (moshi's `get_moshi_lm`); Mimi comes from moshi's `get_mimi`, with a non-default Mimi
+config when config.json names one (`mimi_config_name`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sentencepiece
+import torch
+from moshi.models import loaders
+from moshi.models.compression import MimiModel
+from moshi.models.lm import LMModel
+from safetensors import SafetensorError, safe_open
+
+from .. import layout
+from ..audio.format import FRAME_RATE, SAMPLE_RATE
+from ..errors import DeviceError, ModelFileError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+AGENT_CODEBOOKS = 8  # Mimi codebooks per speaker
+
+# PersonaPlex 7B: Moshi 7B whose depformer predicts 8 agent + 8 user codebooks.
+PERSONAPLEX_LM_KWARGS: dict[str, Any] = {
+    **loaders._lm_kwargs,
+    "dep_q": 16,
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+
+# Keys of config.json that name files or uses, not the LM's architecture (moshi's convention).
+_NON_ARCHITECTURE_KEYS = (
+    "moshi_name", "mimi_name", "tokenizer_name", "mimi_config_name", "lora_name", "model_type",
+    "lm_gen_config", "tts_config", "stt_config", "model_id",
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The resolved files of a model directory and the LM architecture it declares."""
+
+    directory: Path
+    lm: Path
+    mimi: Path
+    tokenizer: Path
+    mimi_config: dict[str, Any] | None
+    lm_kwargs: dict[str, Any]
+
+
+@dataclass
+class LoadedModel:
+    """Everything the engine needs, on its device."""
+
+    files: ModelFiles
+    lm: LMModel
+    mimi: MimiModel
+    tokenizer: sentencepiece.SentencePieceProcessor
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str  # identifies these weights, for caches keyed by model
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(
+            "--device cuda: no CUDA GPU is visible to torch; use --device cpu (slow for the 7B model) "
+            "or check the NVIDIA driver with nvidia-smi."
+        )
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise DeviceError(f"--device {name}: unknown device; use auto, cuda or cpu.")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" -> bfloat16 on CUDA (as the reference runs), float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    if name not in dtypes:
+        raise DeviceError(f"--dtype {name}: unknown dtype; use auto, bfloat16 or float32.")
+    return dtypes[name]
+
+
+def read_model_files(directory: Path) -> ModelFiles:
+    """Resolve a model directory's files from its config.json, checking they are all there.
+
+    A config.json without architecture keys (no "dim") means the PersonaPlex 7B architecture.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelNotFoundError(f"{directory}: no such model directory; check --model.")
+    config_path = directory / layout.CONFIG_NAME
+    raw: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            raw = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelFileError(
+                f"{config_path}: not valid JSON ({e}); re-download with `aimsvoice pull-weights`."
+            ) from e
+    config = dict(raw)
+    lm = directory / config.get("moshi_name", layout.LM_NAME)
+    mimi = directory / config.get("mimi_name", layout.MIMI_NAME)
+    tokenizer = directory / config.get("tokenizer_name", layout.TEXT_TOKENIZER_NAME)
+    mimi_config_name = config.get("mimi_config_name")
+    needed = [lm, mimi, tokenizer] + ([directory / mimi_config_name] if mimi_config_name else [])
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise ModelFileError(
+            f"{directory}: missing {', '.join(missing)}; run `aimsvoice pull-weights` "
+            "(or `aimsvoice pull-weights --check` to see what is wrong)."
+        )
+    mimi_config = None
+    if mimi_config_name:
+        mimi_config = json.loads((directory / mimi_config_name).read_text())
+    for key in _NON_ARCHITECTURE_KEYS:
+        config.pop(key, None)
+    lm_kwargs = config if "dim" in config else dict(PERSONAPLEX_LM_KWARGS)
+    return ModelFiles(directory, lm, mimi, tokenizer, mimi_config, lm_kwargs)
+
+
+def fingerprint(files: ModelFiles) -> str:
+    """A cheap identity of the weights: config, sizes, and the head and tail of each weight file."""
+    digest = hashlib.sha256(json.dumps(files.lm_kwargs, sort_keys=True).encode())
+    for path in (files.lm, files.mimi, files.tokenizer):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _check_safetensors(path: Path) -> None:
+    """Fail with one line on a truncated or corrupt safetensors file before building anything."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if keys:  # reading the last tensor catches files cut short after their header
+                f.get_slice(keys[-1])[...]
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ModelFileError(
+            f"{path}: corrupt or truncated safetensors file ({e}); re-download it with "
+            "`aimsvoice pull-weights`."
+        ) from e
+
+
+def _shape_error(path: Path, e: Exception) -> ModelFileError:
+    first = str(e).strip().splitlines()
+    detail = next((line.strip() for line in first if "size mismatch" in line or "key" in line.lower()), first[-1] if first else "")
+    return ModelFileError(
+        f"{path}: weights do not fit the architecture in config.json ({detail[:300]}); "
+        "use the config.json that came with these weights."
+    )
+
+
+def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load LM, Mimi and text tokenizer from a model directory onto `device`."""
+    files = read_model_files(directory)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    for path in (files.lm, files.mimi):
+        _check_safetensors(path)
+
+    logger.info("loading mimi from %s", files.mimi)
+    try:
+        mimi = loaders.get_mimi(files.mimi, files.mimi_config, device=torch_device, num_codebooks=AGENT_CODEBOOKS)
+    except RuntimeError as e:
+        raise _shape_error(files.mimi, e) from e
+    if mimi.sample_rate != SAMPLE_RATE or mimi.frame_rate != FRAME_RATE:
+        raise ModelFileError(
+            f"{files.mimi}: Mimi runs at {mimi.sample_rate} Hz / {mimi.frame_rate} fps, aimsvoice needs "
+            f"{SAMPLE_RATE} Hz / {FRAME_RATE} fps; use PersonaPlex's Mimi."
+        )
+
+    logger.info("loading the LM from %s", files.lm)
+    try:
+        lm = loaders.get_moshi_lm(files.lm, lm_kwargs=files.lm_kwargs, device=torch_device, dtype=torch_dtype)
+    except RuntimeError as e:
+        raise _shape_error(files.lm, e) from e
+    except TypeError as e:
+        raise ModelFileError(
+            f"{files.directory / layout.CONFIG_NAME}: not a moshi LM config ({e}); fix or remove its architecture keys."
+        ) from e
+    if lm.dep_q != 2 * AGENT_CODEBOOKS or lm.n_q != 2 * AGENT_CODEBOOKS:
+        raise ModelFileError(
+            f"{files.lm}: n_q={lm.n_q}, dep_q={lm.dep_q}; PersonaPlex needs 16 and 16 "
+            "(8 agent + 8 user codebooks). This looks like a plain Moshi checkpoint."
+        )
+
+    try:
+        tokenizer = sentencepiece.SentencePieceProcessor(str(files.tokenizer))  # type: ignore[call-arg]
+    except (RuntimeError, OSError) as e:
+        raise ModelFileError(
+            f"{files.tokenizer}: not a sentencepiece model ({e}); re-download with `aimsvoice pull-weights`."
+        ) from e
+    return LoadedModel(files, lm, mimi, tokenizer, torch_device, torch_dtype, fingerprint(files))

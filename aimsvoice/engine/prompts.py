@@ -1,0 +1,133 @@
+"""Persona conditioning inputs: the voice prompt (audio or a saved prompt state) and the text prompt.
+
+The token ids below are facts of PersonaPlex's training protocol (the same ids as the reference):
+during the system prompt the user's channels hear a 440 Hz sine, and the agent's channels are
+given Mimi's tokens for silence between the prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import torch
+
+from .. import layout
+from ..audio.format import SAMPLE_RATE
+from ..audio.wavio import read_wav
+from ..errors import AudioFileError, VoiceNotFoundError
+
+SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)  # Mimi codes of a silent frame
+SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)  # Mimi codes of a 440 Hz sine frame
+TEXT_PAD = 3  # the text stream's padding token, forced while the voice prompt plays
+SILENCE_SECONDS = 0.5  # spacer after the voice prompt and after the text prompt
+VOICE_LUFS = -24.0  # loudness the voice prompt audio is normalized to
+SYSTEM_TAG = "<system>"
+
+
+def wrap_system_tags(text: str) -> str:
+    """The text prompt as the model was trained on it: `<system> ... <system>`."""
+    cleaned = text.strip()
+    if cleaned.startswith(SYSTEM_TAG) and cleaned.endswith(SYSTEM_TAG):
+        return cleaned
+    return f"{SYSTEM_TAG} {cleaned} {SYSTEM_TAG}"
+
+
+@dataclass
+class PromptState:
+    """The voice prompt as the LM saw it: one input embedding per step, and the token cache after.
+
+    Replaying the embeddings rebuilds the transformer's state without Mimi or the audio; the file
+    format is the one of PersonaPlex's voices.tgz (`{"embeddings": [N, 1, 1, dim], "cache": [1, K, C]}`).
+    """
+
+    embeddings: torch.Tensor
+    cache: torch.Tensor
+
+    def save(self, path: Path) -> None:
+        """Write as a .pt file (tensors only, so it loads with weights_only=True)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"embeddings": self.embeddings.detach().cpu(), "cache": self.cache.detach().cpu()}, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def load(path: Path) -> PromptState:
+        """Read a .pt prompt state; never unpickles anything but tensors."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
+            raise VoiceNotFoundError(
+                f"{path}: not a usable voice prompt state ({type(e).__name__}); "
+                "use one of the voices from voices.tgz or a WAV file."
+            ) from e
+        if not isinstance(data, dict) or not {"embeddings", "cache"} <= data.keys():
+            raise VoiceNotFoundError(f"{path}: a voice prompt state needs 'embeddings' and 'cache'; use a WAV instead.")
+        embeddings, cache = data["embeddings"], data["cache"]
+        if embeddings.dim() != 4 or cache.dim() != 3:
+            raise VoiceNotFoundError(
+                f"{path}: unexpected prompt state shapes {tuple(embeddings.shape)} / {tuple(cache.shape)}; "
+                "was it made for another model?"
+            )
+        return PromptState(embeddings, cache)
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """A voice to condition on: audio to encode, or a ready prompt state."""
+
+    source: Path
+    audio: np.ndarray | None = None  # float32 mono at 24 kHz, loudness-normalized
+    state: PromptState | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the audio samples, the key of the on-disk prompt-state cache."""
+        assert self.audio is not None
+        return hashlib.sha256(np.ascontiguousarray(self.audio).tobytes()).hexdigest()[:24]
+
+
+def normalize_loudness(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE, lufs: float = VOICE_LUFS) -> np.ndarray:
+    """Bring mono audio to an integrated loudness of `lufs` (ITU-R BS.1770, via pyloudnorm)."""
+    meter = pyloudnorm.Meter(sample_rate)
+    try:
+        loudness = meter.integrated_loudness(pcm)
+    except ValueError as e:  # shorter than one 400 ms gating block
+        raise AudioFileError(f"voice prompt is too short to measure its loudness ({e}); use at least 1 s of speech.") from e
+    if not np.isfinite(loudness):
+        raise AudioFileError("voice prompt is silent; record a few seconds of the voice to imitate.")
+    return pyloudnorm.normalize.loudness(pcm, loudness, lufs)
+
+
+def resolve_voice(voice: str, model_dir: Path) -> Path:
+    """A voice name (NATF2, ...) in the model's voices/ folder, or a path to a WAV or .pt file."""
+    voices_dir = model_dir / layout.VOICES_DIR
+    for suffix in layout.VOICE_SUFFIXES:
+        candidate = voices_dir / f"{voice}{suffix}"
+        if candidate.is_file():
+            return candidate
+    path = Path(voice).expanduser()
+    if path.is_file():
+        return path
+    known = sorted({p.stem for p in voices_dir.glob("*") if p.suffix in layout.VOICE_SUFFIXES}) if voices_dir.is_dir() else []
+    choices = ", ".join(known) if known else "none found in " + str(voices_dir)
+    raise VoiceNotFoundError(f"voice '{voice}': not a built-in voice nor a file; choose one of {choices}, or give a WAV path.")
+
+
+def load_voice(voice: str, model_dir: Path) -> VoicePrompt:
+    """Load a voice by name or path: .pt files as prompt states, anything else as audio."""
+    path = resolve_voice(voice, model_dir)
+    if path.suffix == ".pt":
+        return VoicePrompt(path, state=PromptState.load(path))
+    pcm = read_wav(path)
+    return VoicePrompt(path, audio=normalize_loudness(pcm))
+
+
+def prompt_cache_path(voice: VoicePrompt, model_key: str) -> Path:
+    """Where the prompt state of an audio voice is cached for a given model (and dtype/device)."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "aimsvoice" / "prompts" / model_key / f"{voice.content_hash}.pt"

@@ -1,0 +1,191 @@
+"""A tiny random-weight PersonaPlex in the real file formats, for demos and tests.
+
+Same file names as the hub repo, a real sentencepiece tokenizer, a small Mimi described by a
+moshi mimi config, an LM with PersonaPlex's layout (16 codebooks in and out, the real delays,
+audio card 2048 so the real silence and sine token ids are valid) and 18 voice prompt states.
+Everything is deterministic from the seed. It says nothing useful, but it says it fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import sentencepiece
+import torch
+from moshi.models import loaders
+from moshi.quantization.core_vq import EuclideanCodebook
+from safetensors.torch import save_file
+
+from .. import layout
+from ..audio.format import SAMPLE_RATE
+from .load import PERSONAPLEX_LM_KWARGS
+
+logger = logging.getLogger(__name__)
+
+TINY_VERSION = 1  # bump when the recipe changes, so cached tiny models are rebuilt
+MIMI_CONFIG_NAME = "mimi_config.json"
+
+TINY_MIMI_CONFIG = {
+    "sample_rate": SAMPLE_RATE,
+    "channels": 1,
+    "frame_rate": 12.5,
+    "seanet": {
+        **loaders._seanet_kwargs,
+        "dimension": 64,
+        "n_filters": 4,
+    },
+    "quantizer": {"dimension": 16, "n_q": 8, "bins": 2048, "input_dimension": 64, "output_dimension": 64},
+    "transformer": {
+        **loaders._transformer_kwargs,
+        "d_model": 64,
+        "num_heads": 2,
+        "num_layers": 1,
+        "dim_feedforward": 128,
+        "input_dimension": 64,
+        "output_dimensions": [64],
+    },
+}
+
+TINY_LM_KWARGS = {
+    **PERSONAPLEX_LM_KWARGS,
+    "dim": 64,
+    "num_heads": 4,
+    "num_layers": 2,
+    "hidden_scale": 2,
+    "context": 500,
+    "depformer_dim": 64,
+    "depformer_dim_feedforward": 128,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 1,
+}
+
+# Text the tokenizer is trained on: enough words for a few hundred pieces.
+_CORPUS = """\
+You are a head coach pushing your team for action before the big game this weekend.
+Welcome back. How was your week? Let's talk about what went well and what did not.
+I hear you. That sounds hard, but we can fix it together if we start today.
+You are a professional business consultant helping a client plan the next quarter.
+What is the budget, who owns the project, and when do you need the first results?
+You are a strategic advisor. Think about the long game and the risks on the way.
+You are an engaging storyteller. Once upon a time there was a small town by the sea.
+You are a sports analyst grading the performance of every player after the match.
+The defense was solid, the passing was sharp, and the keeper made three great saves.
+Good morning. Thank you for calling. My name is Jane. How can I help you today?
+Sure, I can help with that. Could you tell me a little more about the problem?
+Yes. No. Maybe. Right. Okay. Great question. Let me think about it for a second.
+The weather is nice today, so we could run outside and train on the field instead.
+Numbers one two three four five six seven eight nine ten eleven twelve twenty hundred.
+Monday Tuesday Wednesday Thursday Friday Saturday Sunday morning afternoon evening night.
+Focus on the next play. Breathe. Communicate. Trust your teammates and finish strong.
+Our goal is simple: win the day, learn from every mistake, and come back stronger.
+The restaurant opens at noon and closes at ten, and the kitchen serves pasta and fish.
+Please confirm your order, your address, and the time you would like it delivered.
+I understand why you feel that way. Here is what I would suggest as a first step.
+"""
+
+_PIECES = 400
+
+
+def default_tiny_dir() -> Path:
+    """The user-cache folder of the built-in tiny model (XDG_CACHE_HOME respected)."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "aimsvoice" / "models" / f"tiny-v{TINY_VERSION}"
+
+
+def ensure_tiny_model(directory: Path | None = None, seed: int = 0) -> Path:
+    """Build the tiny model once (atomically) and return its directory."""
+    directory = directory or default_tiny_dir()
+    if (directory / layout.CONFIG_NAME).is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+    try:
+        write_tiny_model(staging, seed)
+        try:
+            os.rename(staging, directory)
+        except OSError:  # built meanwhile by another process
+            if not (directory / layout.CONFIG_NAME).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def write_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Write a tiny PersonaPlex model directory (deterministic from `seed`)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        vocab_size = _write_tokenizer(directory / layout.TEXT_TOKENIZER_NAME)
+        lm_kwargs = {**TINY_LM_KWARGS, "text_card": vocab_size}
+        (directory / MIMI_CONFIG_NAME).write_text(json.dumps(TINY_MIMI_CONFIG, indent=1))
+        (directory / layout.CONFIG_NAME).write_text(json.dumps({**lm_kwargs, "mimi_config_name": MIMI_CONFIG_NAME}, indent=1))
+
+        mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu", num_codebooks=8)
+        for codebook in mimi.modules():
+            if isinstance(codebook, EuclideanCodebook):  # untrained codebooks are all zero
+                codebook.embedding_sum.normal_()
+                codebook._initialized.fill_(1.0)
+        save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(directory / layout.MIMI_NAME))
+
+        lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)
+        for name, param in lm.named_parameters():
+            if "depformer" in name and param.dim() == 2:  # moshi leaves these at PyTorch defaults
+                torch.nn.init.normal_(param, std=param.shape[-1] ** -0.5)
+        save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(directory / layout.LM_NAME))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    _write_voices(directory, seed)
+    return directory
+
+
+def _write_tokenizer(path: Path) -> int:
+    """Train a small unigram sentencepiece model with PersonaPlex's special ids; returns its size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text(_CORPUS)
+        sentencepiece.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=_PIECES,
+            model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+            user_defined_symbols=["<system>"], hard_vocab_limit=False, num_threads=1,
+            shuffle_input_sentence=False, minloglevel=2,
+        )
+        shutil.copyfile(Path(tmp) / "spm.model", path)
+    return sentencepiece.SentencePieceProcessor(str(path)).get_piece_size()  # type: ignore[call-arg]
+
+
+def _voice_audio(index: int, female: bool, seconds: float = 2.0) -> np.ndarray:
+    """A deterministic voiced sound: harmonics of a gliding pitch with a syllable-rate envelope."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = (190.0 if female else 110.0) * (1.0 + 0.06 * index) * (1.0 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(h * phase) / h for h in range(1, 8))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.5 * t) ** 2
+    return (0.1 * voiced * envelope).astype(np.float32)
+
+
+def _write_voices(directory: Path, seed: int) -> None:
+    """The 18 voices as prompt states, made by running the tiny model on synthetic voices."""
+    from .config import EngineConfig, SamplingConfig
+    from .load import load_model
+    from .loop import Engine
+    from .prompts import normalize_loudness
+
+    model = load_model(directory, device="cpu", dtype="float32")
+    engine = Engine(model, EngineConfig(device="cpu", sampling=SamplingConfig(greedy=True), seed=seed))
+    voices = directory / layout.VOICES_DIR
+    for i, name in enumerate(layout.VOICE_NAMES):
+        pcm = normalize_loudness(_voice_audio(i, female=name[3] == "F"))
+        engine.mimi.reset_streaming()
+        engine.gen.reset_streaming()
+        state = engine.gen.step_voice_codes(engine._encode_frames(pcm), capture=True)
+        assert state is not None
+        state.save(voices / f"{name}.pt")
