@@ -24,6 +24,57 @@ err_console = Console(stderr=True)
 
 
 # --- talk ---
+PersonaOpt = Annotated[
+    Optional[str],
+    typer.Option("--persona", "-p", help="Persona name (see `aimsvoice personas`); default: assistant."),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="`tiny` (built-in demo model), a model folder, or default: the pulled weights."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  aimsvoice talk --model tiny --persona headcoach --in user.wav --out agent.wav\n\n"
+    "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy",
+)
+def talk(
+    persona: PersonaOpt = None,
+    in_path: Annotated[Optional[Path], typer.Option("--in", help="User audio file (any rate, any channels).")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write the agent's audio (24 kHz WAV).")] = None,
+    transcript: Annotated[Optional[Path], typer.Option("--transcript", help="Write the agent's words with times as JSON.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    voice: Annotated[Optional[str], typer.Option("--voice", help="Voice override: a built-in name (NATF2...) or a WAV path.")] = None,
+    text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed the samplers for a reproducible conversation.")] = None,
+) -> None:
+    """Hold a conversation with a persona; offline from a file with --in/--out."""
+    from . import session
+
+    if (in_path is None) != (out_path is None):
+        raise typer.BadParameter("give both --in and --out for an offline conversation.")
+    if in_path is None:
+        err_console.print("live audio (microphone and speakers) comes with the live-audio issue; use --in/--out for now.")
+        raise typer.Exit(2)
+    settings = session.TalkSettings(
+        model=model, persona=persona, voice=voice, text_prompt=text_prompt,
+        device=device, dtype=dtype, greedy=greedy, seed=seed,
+    )
+
+    def show(out) -> None:
+        if out.text:
+            console.print(out.text, end="", markup=False, highlight=False)
+
+    result = session.talk_offline(settings, in_path, out_path, transcript, on_step=show)
+    console.print()
+    seconds = len(result.agent_pcm) / 24_000
+    console.print(f"wrote {out_path} ({seconds:.2f} s)" + (f" and {transcript}" if transcript else ""), highlight=False)
 # --- end talk ---
 
 

@@ -1,7 +1,8 @@
 """Reading and writing audio files at the model's rate.
 
-Decoding and resampling go through sphn (the library moshi and the PersonaPlex reference use), so
-a file read here gives the model bit-identical input to the reference's.
+Decoding goes through sphn (as in moshi and the PersonaPlex reference), so a 24 kHz file gives
+the model bit-identical input to the reference's. Other rates are resampled with soxr, which keeps
+the duration and the timing exact (sphn's resampler delays the signal by ~30 ms and lengthens it).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import soxr
 import sphn
 
 from ..errors import AudioFileError
@@ -30,9 +32,10 @@ def read_wav(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioFileError(f"{path}: cannot read audio ({e}); give a WAV, FLAC, MP3 or OGG file.") from e
     if pcm.ndim != 2 or pcm.shape[-1] == 0:
         raise AudioFileError(f"{path}: the file holds no audio samples; record or pick a non-empty file.")
+    first = np.ascontiguousarray(pcm[0], dtype=np.float32)
     if file_rate != sample_rate:
-        pcm = sphn.resample(pcm, src_sample_rate=file_rate, dst_sample_rate=sample_rate)
-    return np.ascontiguousarray(pcm[0], dtype=np.float32)
+        first = soxr.resample(first, file_rate, sample_rate, quality="VHQ").astype(np.float32, copy=False)
+    return first
 
 
 def write_wav(path: str | Path, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:

@@ -312,11 +312,24 @@ class Engine:
         self.mimi: MimiModel = model.mimi
         self.gen = PersonaPlexGen(model.lm, config.sampling, cuda_graphs=config.cuda_graphs)
         self.tokenizer = model.tokenizer
+        if self.mimi.is_streaming:
+            raise RuntimeError("this model already drives an Engine; close() that one first")
         if config.seed is not None:
             torch.manual_seed(config.seed)
-        self.mimi.streaming_forever(1)
-        self.gen.streaming_forever(1)
+        self._streaming = ExitStack()
+        self._streaming.enter_context(self.mimi.streaming(1))
+        self._streaming.enter_context(self.gen.streaming(1))
         self._warmup()
+
+    def close(self) -> None:
+        """Leave streaming mode, so the model can drive another Engine."""
+        self._streaming.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def device(self) -> torch.device:
