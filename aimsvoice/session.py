@@ -15,6 +15,7 @@ import numpy as np
 
 from . import personas
 from .audio import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE, n_frames, read_wav, write_wav
+from .engine.load import read_model_files
 from .engine import Conditioning, Engine, EngineConfig, SamplingConfig, StepOut, ensure_tiny_model, load_model, load_voice
 from .errors import ModelNotFoundError
 from .personas import Persona
@@ -138,6 +139,7 @@ def open_engine(settings: TalkSettings) -> tuple[Engine, Conditioning, Persona]:
     """Load the model and the persona, and condition the engine on it (system prompt run)."""
     persona = personas.load(settings.persona)
     model_dir = resolve_model_dir(settings.model)
+    read_model_files(model_dir)  # a missing model is reported before a voice it would hold
     conditioning = Conditioning(
         voice=load_voice(settings.voice or persona.voice, model_dir),
         text_prompt=persona.text_prompt if settings.text_prompt is None else settings.text_prompt,
