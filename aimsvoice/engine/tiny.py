@@ -8,6 +8,7 @@ Everything is deterministic from the seed. It says nothing useful, but it says i
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from .load import PERSONAPLEX_LM_KWARGS
 
 logger = logging.getLogger(__name__)
 
-TINY_VERSION = 1  # bump when the recipe changes, so cached tiny models are rebuilt
+TINY_VERSION = 2  # bump when the recipe changes, so cached tiny models are rebuilt
 MIMI_CONFIG_NAME = "mimi_config.json"
 
 TINY_MIMI_CONFIG = {
@@ -149,20 +150,18 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
 
 def _write_tokenizer(path: Path) -> int:
     """Train a small unigram sentencepiece model with PersonaPlex's special ids; returns its size."""
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        corpus.write_text(_CORPUS)
-        sentencepiece.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=_PIECES,
-            model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-            user_defined_symbols=["<system>"], hard_vocab_limit=False, num_threads=1,
-            shuffle_input_sentence=False, minloglevel=2,
-        )
-        shutil.copyfile(Path(tmp) / "spm.model", path)
-    return sentencepiece.SentencePieceProcessor(str(path)).get_piece_size()  # type: ignore[call-arg]
+    model = io.BytesIO()  # in memory, so no temporary path ends up in the model's trainer spec
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS.splitlines()), model_writer=model, vocab_size=_PIECES,
+        model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        user_defined_symbols=["<system>"], hard_vocab_limit=False, num_threads=1,
+        shuffle_input_sentence=False, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()  # type: ignore[call-arg]
 
 
-def _voice_audio(index: int, female: bool, seconds: float = 2.0) -> np.ndarray:
+def _voice_audio(index: int, female: bool, seconds: float = 1.0) -> np.ndarray:
     """A deterministic voiced sound: harmonics of a gliding pitch with a syllable-rate envelope."""
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     f0 = (190.0 if female else 110.0) * (1.0 + 0.06 * index) * (1.0 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
