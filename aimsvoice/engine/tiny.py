@@ -20,6 +20,7 @@ import numpy as np
 import sentencepiece
 import torch
 from moshi.models import loaders
+from moshi.modules.transformer import StreamingMultiheadAttention
 from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors.torch import save_file
 
@@ -29,7 +30,7 @@ from .load import PERSONAPLEX_LM_KWARGS
 
 logger = logging.getLogger(__name__)
 
-TINY_VERSION = 2  # bump when the recipe changes, so cached tiny models are rebuilt
+TINY_VERSION = 3  # bump when the recipe changes, so cached tiny models are rebuilt
 MIMI_CONFIG_NAME = "mimi_config.json"
 
 TINY_MIMI_CONFIG = {
@@ -135,17 +136,33 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
             if isinstance(codebook, EuclideanCodebook):  # untrained codebooks are all zero
                 codebook.embedding_sum.normal_()
                 codebook._initialized.fill_(1.0)
-        save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(directory / layout.MIMI_NAME))
+        save_file(_checkpoint_state(mimi), str(directory / layout.MIMI_NAME))
 
         lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)
         for name, param in lm.named_parameters():
             if "depformer" in name and param.dim() == 2:  # moshi leaves these at PyTorch defaults
                 torch.nn.init.normal_(param, std=param.shape[-1] ** -0.5)
-        save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(directory / layout.LM_NAME))
+        save_file(_checkpoint_state(lm), str(directory / layout.LM_NAME))
     finally:
         torch.random.set_rng_state(generator_state)
     _write_voices(directory, seed)
     return directory
+
+
+def _checkpoint_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict under the key names of the released checkpoints.
+
+    The hub's files predate moshi's per-step attention projections: each attention layer has one
+    `in_proj_weight` and one `out_proj.weight`, the steps stacked along the first dimension, which
+    moshi's load hook splits again. Writing the same keys makes the tiny model exercise that path.
+    """
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, StreamingMultiheadAttention):
+            for new, old in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):
+                parts = [state.pop(f"{prefix}.{new}.{i}.weight") for i in range(layer.mult)]
+                state[f"{prefix}.{old}"] = torch.cat(parts, dim=0).contiguous()
+    return state
 
 
 def _write_tokenizer(path: Path) -> int:
