@@ -154,15 +154,101 @@ def personas_show(
 
 
 # --- pull-weights ---
+from . import layout
+
+
+@app.command(
+    "pull-weights",
+    epilog="Examples:\n\n"
+    "  hf auth login   # once, after accepting the license on the model page\n\n"
+    "  aimsvoice pull-weights\n\n"
+    "  aimsvoice pull-weights --dir ~/models/personaplex --token hf_...\n\n"
+    "  HF_HUB_OFFLINE=1 aimsvoice pull-weights --check",
+)
+def pull_weights(
+    repo: Annotated[
+        Optional[str], typer.Option("--repo", help=f"Hub repo to pull; default: {layout.REPO_ID}.")
+    ] = None,
+    revision: Annotated[
+        Optional[str], typer.Option("--revision", help="Branch, tag or commit of the repo; default: main.")
+    ] = None,
+    directory: Annotated[
+        Optional[Path],
+        typer.Option("--dir", help="Download into this folder instead of the Hugging Face cache (HF_HOME)."),
+    ] = None,
+    token: Annotated[
+        Optional[str], typer.Option("--token", help="Hugging Face token; default: HF_TOKEN, else `hf auth login`'s.")
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Verify the pulled files offline (presence, size, sha256); download nothing."),
+    ] = False,
+) -> None:
+    """Download PersonaPlex (about 17 GB) from the Hugging Face hub; rerun to resume.
+
+    The weights are gated. Once: sign in on https://huggingface.co/nvidia/personaplex-7b-v1 and
+    accept the NVIDIA Open Model License there, then log in here with `hf auth login` (or set
+    HF_TOKEN, or pass --token).
+
+    Pulls config.json, the LM, Mimi, the text tokenizer and voices.tgz (extracted safely into
+    voices/) into the hub cache or --dir, checks free disk space first and verifies every sha256.
+    `talk` and `bench` then use these weights with no --model. --check verifies them offline.
+    """
+    from . import weights
+
+    if check:
+        if token is not None or revision is not None:
+            raise typer.BadParameter("--check works offline from what the pull recorded; drop --token and --revision.")
+        with err_console.status("checking sizes and sha256 of the pulled files..."):
+            report = weights.check(local_dir=directory, repo_id=repo)
+        console.print(f"model: {report.model_dir} ({report.repo_id} @ {report.commit[:12]})", highlight=False, soft_wrap=True)
+        for f in report.files:
+            detail = f" ({f.detail})" if f.detail else ""
+            console.print(f"  {f.status:<10} {f.name}  {f.n_bytes:,} bytes{detail}", highlight=False, soft_wrap=True)
+        if (failure := report.failure()) is not None:
+            raise failure
+        console.print(f"all {len(report.files)} files present and intact", highlight=False, soft_wrap=True)
+        return
+    spec = weights.WeightsSpec(
+        repo_id=repo or layout.REPO_ID, revision=revision or weights.DEFAULT_REVISION, local_dir=directory, token=token
+    )
+    try:
+        result = weights.pull(spec, console=err_console)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: rerun `aimsvoice pull-weights` to resume where it stopped", highlight=False, soft_wrap=True)
+        raise
+    if result.offline:
+        console.print(f"HF_HUB_OFFLINE is set: using the weights already in {result.model_dir}", highlight=False, soft_wrap=True)
+    else:
+        console.print(
+            f"{result.repo_id} @ {result.commit[:12]} is ready in {result.model_dir} "
+            f"({result.n_files_downloaded} files downloaded, {result.n_bytes_downloaded:,} bytes)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print("`aimsvoice talk` uses it by default; `aimsvoice pull-weights --check` verifies it offline.")
 # --- end pull-weights ---
 
 
 # --- devices ---
-@app.command()
+@app.command(
+    epilog="Examples:\n\n"
+    "  aimsvoice devices\n\n"
+    "  aimsvoice talk --input-device 2 --output-device 'USB Audio'",
+)
 def devices() -> None:
-    """List audio input and output devices (comes with the live-audio issue)."""
-    err_console.print("aimsvoice devices comes with live audio; not available in this version yet.")
-    raise typer.Exit(2)
+    """List audio devices (index, name, host API, channels, default rate; * = default).
+
+    Pass an index, or part of a name, to `talk --input-device/--output-device`.
+    """
+    from .audio.devices import list_devices
+    from .errors import AudioDeviceError
+    from .ui import devices_table
+
+    found = list_devices()
+    if not found:
+        raise AudioDeviceError("PortAudio sees no audio devices; connect one, check ALSA/PulseAudio, then rerun `aimsvoice devices`.")
+    console.print(devices_table(found))
 # --- end devices ---
 
 

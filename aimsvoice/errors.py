@@ -38,3 +38,7 @@ class DeviceError(AimsvoiceError):
 
 class WeightsError(AimsvoiceError):
     """Downloading or verifying the PersonaPlex weights failed."""
+
+
+class AudioDeviceError(AimsvoiceError):
+    """A sound device that is missing, cannot be opened, or stopped during a live conversation."""
