@@ -1,3 +1,42 @@
-"""aimsvoice: a local, full-duplex voice agent on the command line (NVIDIA PersonaPlex)."""
+"""aimsvoice: a local, full-duplex voice agent on the command line (NVIDIA PersonaPlex).
+
+The public API, imported on first use so that `import aimsvoice` (and the CLI's start) stays
+free of torch:
+
+    from aimsvoice import load_model, Engine, EngineConfig, Conditioning, load_voice
+    from aimsvoice import personas, TalkSettings, talk_offline, find_pulled_model
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Conditioning": "aimsvoice.engine",
+    "Engine": "aimsvoice.engine",
+    "EngineConfig": "aimsvoice.engine",
+    "SamplingConfig": "aimsvoice.engine",
+    "StepOut": "aimsvoice.engine",
+    "load_model": "aimsvoice.engine",
+    "load_voice": "aimsvoice.engine",
+    "ensure_tiny_model": "aimsvoice.engine",
+    "TalkSettings": "aimsvoice.session",
+    "talk_offline": "aimsvoice.session",
+    "run_frames": "aimsvoice.session",
+    "Persona": "aimsvoice.personas",
+    "find_pulled_model": "aimsvoice.weights",
+    "pull": "aimsvoice.weights",
+    "check": "aimsvoice.weights",
+    "WeightsSpec": "aimsvoice.weights",
+    "AimsvoiceError": "aimsvoice.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'aimsvoice' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
