@@ -5,6 +5,7 @@ set -euo pipefail
 
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2' || missing+=(libportaudio2)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # speech for the echo-cancellation tests
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
