@@ -34,12 +34,21 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
+InputDeviceOpt = Annotated[
+    Optional[str],
+    typer.Option("--input-device", help="Live: the microphone, by index or part of its name (`aimsvoice devices`)."),
+]
+OutputDeviceOpt = Annotated[
+    Optional[str],
+    typer.Option("--output-device", help="Live: the speakers, by index or part of its name (`aimsvoice devices`)."),
+]
 
 
 @app.command(
     epilog="Examples:\n\n"
     "  aimsvoice talk --model tiny --persona headcoach --in user.wav --out agent.wav\n\n"
-    "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy",
+    "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy\n\n"
+    "  aimsvoice talk --persona headcoach --input-device 'USB' --record call.wav --max-minutes 10",
 )
 def talk(
     persona: PersonaOpt = None,
@@ -53,19 +62,40 @@ def talk(
     text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed the samplers for a reproducible conversation.")] = None,
+    input_device: InputDeviceOpt = None,
+    output_device: OutputDeviceOpt = None,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Live: plain status lines instead of the live view.")] = False,
+    record: Annotated[
+        Optional[Path], typer.Option("--record", help="Live: a stereo WAV (left you, right the agent) plus a .json beside it.")
+    ] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="Live: end after this many minutes.")] = None,
+    idle_timeout: Annotated[
+        Optional[float], typer.Option("--idle-timeout", min=0.0, help="Live: end after this many seconds of your silence.")
+    ] = None,
 ) -> None:
-    """Hold a conversation with a persona; offline from a file with --in/--out."""
+    """Hold a conversation with a persona: live on the microphone and speakers, or offline with --in/--out."""
     from . import session
 
     if (in_path is None) != (out_path is None):
         raise typer.BadParameter("give both --in and --out for an offline conversation.")
-    if in_path is None:
-        err_console.print("live audio (microphone and speakers) comes with the live-audio issue; use --in/--out for now.")
-        raise typer.Exit(2)
+    live_only = (input_device, output_device, record, max_minutes, idle_timeout)
+    if in_path is not None and (no_ui or any(option is not None for option in live_only)):
+        raise typer.BadParameter(
+            "--input-device, --output-device, --no-ui, --record, --max-minutes and --idle-timeout are for live "
+            "conversations; drop --in/--out to talk live."
+        )
+    if in_path is None and transcript is not None:
+        raise typer.BadParameter("--transcript is for --in/--out; live, --record writes the transcript beside the WAV.")
     settings = session.TalkSettings(
         model=model, persona=persona, voice=voice, text_prompt=text_prompt,
         device=device, dtype=dtype, greedy=greedy, seed=seed,
     )
+    if in_path is None:
+        session.talk_on_devices(
+            settings, input_device=input_device, output_device=output_device, record=record,
+            max_minutes=max_minutes, idle_timeout=idle_timeout, ui=not no_ui,
+        )
+        return
 
     def show(out) -> None:
         if out.text:

@@ -42,3 +42,7 @@ class WeightsError(AimsvoiceError):
 
 class AudioDeviceError(AimsvoiceError):
     """A sound device that is missing, cannot be opened, or stopped during a live conversation."""
+
+
+class BenchError(AimsvoiceError):
+    """A benchmark that cannot run as asked: a bad suite folder or annotation, bad bench flags."""

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs the system libraries aimsvoice needs when they are missing (Debian/Ubuntu).
 # PortAudio is what sounddevice talks to; the Python package does not ship it on Linux.
+# The tests need no sound card: they play through a private PulseAudio server with null sinks,
+# reached through ALSA's pulse plugin (pulseaudio, pulseaudio-utils, libasound2-plugins).
 set -euo pipefail
 
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2' || missing+=(libportaudio2)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # speech for the echo-cancellation tests
+command -v pulseaudio >/dev/null 2>&1 || missing+=(pulseaudio)
+command -v pacat >/dev/null 2>&1 || missing+=(pulseaudio-utils)
+if command -v dpkg-query >/dev/null 2>&1; then
+    dpkg-query -W -f='${Status}' libasound2-plugins 2>/dev/null | grep -q 'ok installed' || missing+=(libasound2-plugins)
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

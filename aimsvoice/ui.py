@@ -1,0 +1,162 @@
+"""What a live conversation shows: a rich view on a terminal, plain lines for logs and pipes.
+
+Everything here renders from plain data (a `LiveSnapshot` or `LiveSummary` taken by the main
+thread, a list of `DeviceInfo`); nothing is ever called from an audio callback or the step thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .audio.devices import DeviceInfo
+
+if TYPE_CHECKING:
+    from .session import LiveSnapshot, LiveSummary
+
+REFRESH_HZ = 4
+PLAIN_PERIOD_S = 1.0  # one status line per second of conversation with --no-ui
+METER_WIDTH = 24
+METER_FLOOR_DB = -60.0
+HEADPHONE_HINT = (
+    "Use headphones: full duplex through laptop speakers feeds the agent its own voice. Ctrl-C ends the call."
+)
+
+
+def level_meter(level_db: float) -> Text:
+    """A bar for a level in dBFS, from METER_FLOOR_DB (empty) to 0 (full)."""
+    filled = round(METER_WIDTH * min(max(1.0 - level_db / METER_FLOOR_DB, 0.0), 1.0))
+    style = "red" if level_db > -3.0 else "yellow" if level_db > -12.0 else "green"
+    bar = Text("█" * filled, style=style)
+    bar.append("·" * (METER_WIDTH - filled), style="dim")
+    bar.append(f" {level_db:6.1f} dBFS")
+    return bar
+
+
+def render(snap: LiveSnapshot) -> RenderableType:
+    """The live view of one snapshot."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(justify="right", style="bold")
+    grid.add_column()
+    grid.add_row("persona", f"{snap.persona}   {snap.elapsed_s:7.1f} s   {snap.frames} frames")
+    grid.add_row("agent", Text(snap.text_tail or "…", overflow="fold"))
+    grid.add_row("you", level_meter(snap.input_level_db))
+    grid.add_row("agent audio", level_meter(snap.output_level_db))
+    over = snap.compute_p95_ms > snap.budget_ms
+    grid.add_row(
+        "compute",
+        Text(
+            f"p50 {snap.compute_p50_ms:5.1f} ms   p95 {snap.compute_p95_ms:5.1f} ms   budget {snap.budget_ms:.0f} ms",
+            style="red" if over else "",
+        ),
+    )
+    grid.add_row(
+        "queues",
+        f"input {snap.input_backlog_ms:4.0f}/{snap.input_bound_ms:.0f} ms   "
+        f"playback {snap.output_queue_ms:4.0f}/{snap.output_bound_ms:.0f} ms",
+    )
+    grid.add_row("dropped", f"input {snap.input_shed_ms / 1000:6.2f} s   playback {snap.output_shed_ms / 1000:6.2f} s")
+    grid.add_row("underruns", f"{snap.underruns}   ({snap.underrun_ms / 1000:.2f} s of silence)")
+    return Panel(grid, title="aimsvoice talk", subtitle="Ctrl-C to end")  # full width: steady as words stream
+
+
+def plain_line(snap: LiveSnapshot) -> str:
+    """One status line for --no-ui."""
+    return (
+        f"[{snap.elapsed_s:7.1f} s] frames {snap.frames} | you {snap.input_level_db:5.1f} dB "
+        f"agent {snap.output_level_db:5.1f} dB | compute p50 {snap.compute_p50_ms:.1f} p95 {snap.compute_p95_ms:.1f} "
+        f"ms (budget {snap.budget_ms:.0f}) | queue in {snap.input_backlog_ms:.0f}/{snap.input_bound_ms:.0f} "
+        f"out {snap.output_queue_ms:.0f}/{snap.output_bound_ms:.0f} ms | dropped in {snap.input_shed_ms:.0f} "
+        f"out {snap.output_shed_ms:.0f} ms | underruns {snap.underruns}"
+    )
+
+
+def summary_lines(summary: LiveSummary) -> list[str]:
+    """The end-of-session summary, as lines."""
+    lines = [
+        f"session ended ({summary.end_reason}) after {summary.duration_s:.1f} s: {summary.frames} frames",
+        f"compute: mean {summary.compute_mean_ms:.1f} ms, p99 {summary.compute_p99_ms:.1f} ms per 80 ms frame; "
+        f"{summary.compute_s:.1f} device-seconds",
+        f"latency: standing p50 {summary.latency_p50_ms:.0f} ms, max {summary.latency_max_ms:.0f} ms; "
+        f"max input backlog {summary.max_input_backlog_ms:.0f}/{summary.input_bound_ms:.0f} ms, "
+        f"max playback queue {summary.max_output_queue_ms:.0f}/{summary.output_bound_ms:.0f} ms",
+        f"dropped: input {summary.input_shed_ms:.0f} ms ({summary.input_shed_events} cuts), "
+        f"playback {summary.output_shed_ms:.0f} ms ({summary.output_shed_events} cuts), "
+        f"capture overflow {summary.capture_lost_ms:.0f} ms; underruns {summary.underruns} "
+        f"({summary.underrun_ms:.0f} ms of silence)",
+    ]
+    if summary.recording is not None:
+        lines.append(f"recording: {summary.recording} (+ {summary.recording.with_suffix('.json').name})")
+    return lines
+
+
+class LiveView:
+    """Shows snapshots: a rich Live panel at 4 Hz on a terminal, else a plain line per second."""
+
+    def __init__(self, *, rich: bool, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.rich = rich and self.console.is_terminal
+        self._live: Live | None = None
+        self._last_plain_s = -PLAIN_PERIOD_S
+        self._n_words_printed = 0
+
+    def __enter__(self) -> LiveView:
+        self.console.print(HEADPHONE_HINT, style="yellow" if self.rich else None, highlight=False, soft_wrap=True)
+        if self.rich:
+            self._live = Live(console=self.console, refresh_per_second=REFRESH_HZ, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def update(self, snap: LiveSnapshot) -> None:
+        """Show the newest snapshot (called by the main thread, about 4 times a second)."""
+        if self._live is not None:
+            self._live.update(render(snap))
+            return
+        if snap.elapsed_s - self._last_plain_s < PLAIN_PERIOD_S:
+            return
+        self._last_plain_s = snap.elapsed_s
+        self.console.print(plain_line(snap), highlight=False, soft_wrap=True)
+        complete = snap.words[:-1]  # the last word may still grow by a piece
+        if len(complete) > self._n_words_printed:
+            self.console.print("agent: " + " ".join(complete[self._n_words_printed :]), highlight=False, soft_wrap=True)
+            self._n_words_printed = len(complete)
+
+    def summary(self, summary: LiveSummary) -> None:
+        """Print the end-of-session summary."""
+        for line in summary_lines(summary):
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+
+def devices_table(devices: list[DeviceInfo]) -> Table:
+    """`aimsvoice devices`: index, name, host API, channels, default rate, and the defaults."""
+    table = Table(title="audio devices", title_justify="left")
+    table.add_column("index", justify="right")
+    table.add_column("name")
+    table.add_column("host API")
+    table.add_column("in", justify="right")
+    table.add_column("out", justify="right")
+    table.add_column("default rate", justify="right")
+    table.add_column("default for")
+    for d in devices:
+        defaults = (("input", d.is_default_input), ("output", d.is_default_output))
+        default_for = [kind for kind, is_default in defaults if is_default]
+        table.add_row(
+            str(d.index),
+            d.name,
+            d.hostapi,
+            str(d.max_input_channels),
+            str(d.max_output_channels),
+            f"{d.default_samplerate:.0f} Hz",
+            ", ".join(default_for),
+        )
+    return table
