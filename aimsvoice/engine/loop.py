@@ -91,7 +91,9 @@ class _GenState(State):
 class PersonaPlexGen(StreamingModule[_GenState]):
     """Token-level full-duplex generation with forceable text, agent and user channels."""
 
-    def __init__(self, lm: LMModel, sampling: SamplingConfig = SamplingConfig(), cuda_graphs: bool = True):
+    def __init__(
+        self, lm: LMModel, sampling: SamplingConfig = SamplingConfig(), cuda_graphs: bool = True, profile: bool = False,
+    ):
         assert not lm.training, "generation needs an LM in eval mode"
         super().__init__()
         assert lm.dep_q == lm.n_q == 2 * AGENT_CODEBOOKS, (lm.n_q, lm.dep_q)
@@ -99,6 +101,8 @@ class PersonaPlexGen(StreamingModule[_GenState]):
         self.lm.set_streaming_detached(True)
         self.sampling = sampling
         self.cuda_graphs = cuda_graphs
+        self.profile = profile  # time the temporal transformer and the depformer (device-synchronized)
+        self.stage_ms: dict[str, float] = {}  # with profile: the last step's "temporal" and "depformer"
         self.delays = list(lm.delays)
         self.max_delay = max(self.delays)
         self.on_logits: LogitsHook | None = None  # (text [B, 1, 1, Ct], audio [B, 16, card]) per step
@@ -209,15 +213,24 @@ class PersonaPlexGen(StreamingModule[_GenState]):
 
         source = (state.offset - 1) % size
         target = state.offset % size
+        if self.profile:
+            self._sync()
+            t0 = time.perf_counter()
         if embeddings is None:
             embeddings = self.embed(cache[:, :, source : source + 1])
         transformer_out, text_logits = state.graphed_main(embeddings)
+        if self.profile:
+            self._sync()
+            t1 = time.perf_counter()
 
         s = self.sampling
         sampled_text = sample_token(text_logits.float(), not s.greedy, s.temp_text, s.topk_text)[:, 0, 0]
         text_in = torch.where(forced[:, TEXT, target], cache[:, TEXT, target], sampled_text)
         audio, audio_logits = state.graphed_depth(
             text_in, transformer_out, cache[:, 1:, target], forced[:, 1:, target])
+        if self.profile:
+            self._sync()
+            self.stage_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (time.perf_counter() - t1) * 1e3}
         if self.on_logits is not None:
             self.on_logits(text_logits, audio_logits)
 
@@ -231,6 +244,10 @@ class PersonaPlexGen(StreamingModule[_GenState]):
         index = ((state.offset - self.max_delay + state.delays) % size).view(1, -1, 1).expand(cache.shape[0], -1, 1)
         state.offset += 1
         return cache.gather(dim=2, index=index), embeddings
+
+    def _sync(self) -> None:
+        if self.lm.device.type == "cuda":
+            torch.cuda.synchronize()
 
     # -- system prompt pieces -----------------------------------------------------------------
 
@@ -297,7 +314,7 @@ class StepOut:
     pcm: np.ndarray  # float32 [FRAME_SIZE]: the agent's audio for this frame
     text: str | None  # the text piece the agent produced this frame; None for padding
     text_token: int  # the raw text token id
-    timings_ms: dict[str, float] = field(default_factory=dict)  # encode, lm, decode, total
+    timings_ms: dict[str, float] = field(default_factory=dict)  # encode, lm, decode, total (+ temporal, depformer with profile)
 
 
 class Engine:
@@ -310,7 +327,7 @@ class Engine:
         self.model = model
         self.config = config
         self.mimi: MimiModel = model.mimi
-        self.gen = PersonaPlexGen(model.lm, config.sampling, cuda_graphs=config.cuda_graphs)
+        self.gen = PersonaPlexGen(model.lm, config.sampling, cuda_graphs=config.cuda_graphs, profile=config.profile)
         self.tokenizer = model.tokenizer
         if self.mimi.is_streaming:
             raise RuntimeError("this model already drives an Engine; close() that one first")
@@ -339,7 +356,7 @@ class Engine:
         if self.config.profile and self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _warmup(self) -> None:
         """Zeros through encode -> step -> decode: captures CUDA graphs, primes streaming state."""
         for _ in range(WARMUP_FRAMES):
@@ -350,7 +367,7 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def start(self, conditioning: Conditioning) -> None:
         """Reset all streaming state and run the system prompt for a persona."""
         self.mimi.reset_streaming()
@@ -383,6 +400,15 @@ class Engine:
         except OSError as e:
             logger.warning("cannot cache the voice prompt state at %s: %s", cache_path, e)
 
+    @torch.inference_mode()
+    def record_voice(self, pcm: np.ndarray) -> PromptState:
+        """The prompt state of a voice given as audio (resets the streaming state first)."""
+        self.mimi.reset_streaming()
+        self.gen.reset_streaming()
+        state = self.gen.step_voice_codes(self._encode_frames(pcm), capture=True)
+        assert state is not None
+        return state
+
     def _encode_frames(self, pcm: np.ndarray) -> Iterator[torch.Tensor]:
         """Mimi codes [1, 8, 1] of each 80 ms frame of `pcm`, the last frame zero-padded."""
         for start in range(0, len(pcm), FRAME_SIZE):
@@ -397,7 +423,7 @@ class Engine:
         dtype = str(self.model.dtype).removeprefix("torch.")
         return f"{self.model.fingerprint}-{dtype}-{self.device.type}"
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, pcm: np.ndarray) -> StepOut:
         """One frame of user audio (float32 [FRAME_SIZE]) -> one frame of agent audio and text."""
         assert pcm.shape == (FRAME_SIZE,), f"expected {FRAME_SIZE} samples, got {pcm.shape}"
@@ -414,6 +440,7 @@ class Engine:
         text_token = int(frame[0, TEXT, 0].item())
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "lm": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        timings.update(self.gen.stage_ms)
         return StepOut(out_pcm, self.piece(text_token), text_token, timings)
 
     def piece(self, token: int) -> str | None:

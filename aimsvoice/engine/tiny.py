@@ -30,7 +30,7 @@ from .load import PERSONAPLEX_LM_KWARGS
 
 logger = logging.getLogger(__name__)
 
-TINY_VERSION = 3  # bump when the recipe changes, so cached tiny models are rebuilt
+TINY_VERSION = 4  # bump when the recipe changes, so cached tiny models are rebuilt
 MIMI_CONFIG_NAME = "mimi_config.json"
 
 TINY_MIMI_CONFIG = {
@@ -41,6 +41,7 @@ TINY_MIMI_CONFIG = {
         **loaders._seanet_kwargs,
         "dimension": 64,
         "n_filters": 4,
+        "n_residual_layers": 0,  # the convolutions that remain keep Mimi's strides and frame size
     },
     "quantizer": {"dimension": 16, "n_q": 8, "bins": 2048, "input_dimension": 64, "output_dimension": 64},
     "transformer": {
@@ -58,7 +59,7 @@ TINY_LM_KWARGS = {
     **PERSONAPLEX_LM_KWARGS,
     "dim": 64,
     "num_heads": 4,
-    "num_layers": 2,
+    "num_layers": 1,
     "hidden_scale": 2,
     "context": 500,
     "depformer_dim": 64,
@@ -200,8 +201,4 @@ def _write_voices(directory: Path, seed: int) -> None:
     voices = directory / layout.VOICES_DIR
     for i, name in enumerate(layout.VOICE_NAMES):
         pcm = normalize_loudness(_voice_audio(i, female=name[3] == "F"))
-        engine.mimi.reset_streaming()
-        engine.gen.reset_streaming()
-        state = engine.gen.step_voice_codes(engine._encode_frames(pcm), capture=True)
-        assert state is not None
-        state.save(voices / f"{name}.pt")
+        engine.record_voice(pcm).save(voices / f"{name}.pt")
