@@ -283,11 +283,137 @@ def devices() -> None:
 
 
 # --- bench ---
-@app.command()
-def bench() -> None:
-    """Measure switch latency, interruption handling and frame compute (comes in its own issue)."""
-    err_console.print("aimsvoice bench comes in its own issue; not available in this version yet.")
-    raise typer.Exit(2)
+import json
+import shlex
+from enum import Enum
+
+bench_app = typer.Typer(
+    help="Measure frame compute, and switch latency and interruption handling (Full-Duplex-Bench).",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+
+class RandomArchitecture(str, Enum):
+    """Architectures `--random-weights` can build."""
+
+    SEVEN_B = "7b"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout (progress goes to stderr).")]
+AppendOpt = Annotated[
+    Optional[Path], typer.Option("--append", help="Append a dated entry (command, machine, figures) to this markdown file.")
+]
+
+
+def _command_line() -> str:
+    return shlex.join(["aimsvoice", *sys.argv[1:]])
+
+
+def _print_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, indent=1) + "\n")
+
+
+@bench_app.command(
+    "compute",
+    epilog="Examples:\n\n"
+    "  aimsvoice bench compute --model tiny\n\n"
+    "  aimsvoice bench compute --frames 500 --json\n\n"
+    "  aimsvoice bench compute --random-weights 7b --device cuda\n\n"
+    "  aimsvoice bench compute --random-weights 7b --frames 3 --dtype bfloat16 --device cpu",
+)
+def bench_compute(
+    model: ModelOpt = None,
+    random_weights: Annotated[
+        Optional[RandomArchitecture],
+        typer.Option("--random-weights", help="Build this architecture with random weights: speed and memory with no download."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    frames: Annotated[int, typer.Option("--frames", help="Frames to measure.")] = 100,
+    warmup: Annotated[
+        Optional[int], typer.Option("--warmup", help="Frames run and discarded first; default: 10, or --frames if fewer.")
+    ] = None,
+    as_json: JsonOpt = False,
+    append: AppendOpt = None,
+) -> None:
+    """Time one 80 ms frame stage by stage (Mimi encode, temporal transformer, depformer, Mimi decode).
+
+    Prints p50/p95/p99/max per stage after warm-up (device-synchronized on CUDA), the real-time
+    factor, frames/s, headroom against the 80 ms budget and peak memory (CUDA max allocated, or RSS).
+    """
+    from . import bench as bench_lib
+    from .bench.report import append_entry, compute_view, markdown_compute
+
+    settings = bench_lib.ComputeSettings(
+        model=model, random_weights=random_weights.value if random_weights else None,
+        device=device, dtype=dtype, frames=frames, warmup=warmup,
+    )
+    with err_console.status("loading the model and measuring..."):
+        report = bench_lib.run_compute(settings)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        console.print(compute_view(report))
+    if append is not None:
+        append_entry(append, markdown_compute(report, _command_line()))
+        err_console.print(f"appended an entry to {append}", highlight=False)
+
+
+@bench_app.command(
+    "turns",
+    epilog="Examples:\n\n"
+    "  aimsvoice bench turns --model tiny\n\n"
+    "  aimsvoice bench turns --persona headcoach --live --json\n\n"
+    "  aimsvoice bench turns --suite ~/data/full-duplex-bench/v1.0/candor_turn_taking --out out/fdb",
+)
+def bench_turns(
+    model: ModelOpt = None,
+    suite: Annotated[
+        Optional[Path], typer.Option("--suite", help="A Full-Duplex-Bench folder; default: the built-in suite.")
+    ] = None,
+    persona: PersonaOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first sample (sample i: seed + i).")] = 0,
+    tail: Annotated[float, typer.Option("--tail", help="Seconds of silence fed after each input.wav.")] = 5.0,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Write each sample's agent audio (output.wav) and result.json here.")
+    ] = None,
+    live: Annotated[
+        bool, typer.Option("--live", help="Also run the suite through the real-time loop: latencies as a user hears them.")
+    ] = False,
+    as_json: JsonOpt = False,
+    append: AppendOpt = None,
+) -> None:
+    """Smooth turn-taking, user interruption and pause handling, measured as Full-Duplex-Bench does.
+
+    Latencies are in model time (no compute, no buffering); with --live the same suite also goes
+    through the live loop (capture, frames, engine, playback queue) on a virtual sound card paced by
+    the engine's compute, so compute and buffering count, side by side with model time. The agent's
+    speech is found with the Silero VAD instead of ASR word timestamps (see the method line).
+    """
+    from . import bench as bench_lib
+    from .bench.report import append_entry, markdown_turns, turns_view
+
+    settings = bench_lib.TurnsSettings(
+        model=model, suite=suite, persona=persona, device=device, dtype=dtype, seed=seed, tail_s=tail, out=out, live=live,
+    )
+
+    def progress(result: bench_lib.SampleResult) -> None:
+        measured = result.turn_taking or result.interruption or result.pause
+        mode = "live" if result.live else "model time"
+        took = "take-over" if measured and measured.take_over else "no take-over"
+        err_console.print(f"{result.name} ({mode}): {took}", highlight=False)
+
+    report = bench_lib.run_turns(settings, on_sample=progress)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        console.print(turns_view(report))
+    if append is not None:
+        append_entry(append, markdown_turns(report, _command_line()))
+        err_console.print(f"appended an entry to {append}", highlight=False)
 # --- end bench ---
 
 
