@@ -48,7 +48,8 @@ OutputDeviceOpt = Annotated[
     epilog="Examples:\n\n"
     "  aimsvoice talk --model tiny --persona headcoach --in user.wav --out agent.wav\n\n"
     "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy\n\n"
-    "  aimsvoice talk --persona headcoach --input-device 'USB' --record call.wav --max-minutes 10",
+    "  aimsvoice talk --persona headcoach --input-device 'USB' --record call.wav --max-minutes 10\n\n"
+    "  aimsvoice talk --aec --output-device 'Speakers'",
 )
 def talk(
     persona: PersonaOpt = None,
@@ -72,17 +73,25 @@ def talk(
     idle_timeout: Annotated[
         Optional[float], typer.Option("--idle-timeout", min=0.0, help="Live: end after this many seconds of your silence.")
     ] = None,
+    aec: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--aec/--no-aec",
+            help="Live: cancel the agent's voice from the microphone, for speakers. "
+            "Default: on when the output's name says speakers, off for a headset or a name that does not tell.",
+        ),
+    ] = None,
 ) -> None:
     """Hold a conversation with a persona: live on the microphone and speakers, or offline with --in/--out."""
     from . import session
 
     if (in_path is None) != (out_path is None):
         raise typer.BadParameter("give both --in and --out for an offline conversation.")
-    live_only = (input_device, output_device, record, max_minutes, idle_timeout)
+    live_only = (input_device, output_device, record, max_minutes, idle_timeout, aec)
     if in_path is not None and (no_ui or any(option is not None for option in live_only)):
         raise typer.BadParameter(
-            "--input-device, --output-device, --no-ui, --record, --max-minutes and --idle-timeout are for live "
-            "conversations; drop --in/--out to talk live."
+            "--input-device, --output-device, --no-ui, --record, --max-minutes, --idle-timeout and --aec/--no-aec "
+            "are for live conversations; drop --in/--out to talk live."
         )
     if in_path is None and transcript is not None:
         raise typer.BadParameter("--transcript is for --in/--out; live, --record writes the transcript beside the WAV.")
@@ -93,7 +102,7 @@ def talk(
     if in_path is None:
         session.talk_on_devices(
             settings, input_device=input_device, output_device=output_device, record=record,
-            max_minutes=max_minutes, idle_timeout=idle_timeout, ui=not no_ui,
+            max_minutes=max_minutes, idle_timeout=idle_timeout, ui=not no_ui, aec=aec,
         )
         return
 

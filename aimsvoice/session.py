@@ -193,12 +193,13 @@ import time
 
 from rich.console import Console
 
+from .audio.aec import MAX_FRAME_SIZE, SUBFRAME_SIZE, EchoCanceller, aec_default
 from .audio.format import FRAME_MS
 from .audio.devices import BLOCK_MS, AudioConfig, DuplexAudio, RateConverter, list_devices, match_device, open_duplex
 from .audio.latency import LatencyGovernor, shed_quietest
 from .audio.recorder import Recorder
 from .errors import AudioDeviceError
-from .ui import LiveView
+from .ui import LiveView, live_hints
 
 VOICE_LEVEL_DBFS = -45.0  # a frame louder than this counts as the user speaking (--idle-timeout)
 SILENCE_DBFS = -120.0  # the level reported for digital silence
@@ -218,6 +219,13 @@ def level_dbfs(pcm: np.ndarray) -> float:
 
 def _ms(n_samples: float, rate: int = SAMPLE_RATE) -> float:
     return 1000.0 * n_samples / rate
+
+
+def resolve_aec(aec: bool | None, output_device_name: str) -> tuple[bool, str | None]:
+    """Whether a live session cancels echo, and a hint to show: `--aec/--no-aec` wins, else `aec_default`."""
+    if aec is not None:
+        return aec, None
+    return aec_default(output_device_name)
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,8 @@ class LiveSnapshot:
     output_shed_ms: float
     underruns: int
     underrun_ms: float
+    aec_on: bool = False
+    aec_erle_db: float | None = None  # the canceller's running estimate; None while off or before the agent spoke
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,9 @@ class LiveSummary:
     device_xruns: int  # overflows/underflows PortAudio itself reported
     recording: Path | None
     trace: tuple[tuple[float, float, float], ...]
+    aec: bool = False
+    aec_erle_db: float | None = None  # the running estimate at the end (about the last second the agent spoke)
+    aec_delay_ms: float | None = None  # the echo delay last measured from the streams' timestamps
 
     def to_json(self) -> dict[str, Any]:
         """The summary as the recording's JSON stores it (without the per-step trace)."""
@@ -289,6 +302,10 @@ class LivePipeline:
     input backlog under its bound, runs the engine on the oldest frame, and queues the answer for
     playback under the playback bound (see audio/latency.py for the policy). It also keeps the
     session's counters; the main thread reads them through `snapshot` and `summary`.
+
+    With an echo canceller, what the speaker was sent is resampled beside the capture, and the
+    capture is cleaned of it in 10 ms pieces as it arrives, before anything is shed: the
+    canceller sees both streams unbroken, and the engine and the recording get the cleaned audio.
     """
 
     def __init__(
@@ -297,10 +314,12 @@ class LivePipeline:
         audio: DuplexAudio,
         config: AudioConfig = AudioConfig(),
         recorder: Recorder | None = None,
+        aec: EchoCanceller | None = None,
     ) -> None:
         self.engine = engine
         self.audio = audio
         self.recorder = recorder
+        self.aec = aec
         self.input_bound = config.input_backlog_frames * FRAME_SIZE
         self.output_bound = config.playback_queue_frames * FRAME_SIZE
         self._from_device = RateConverter(audio.capture_rate, SAMPLE_RATE)
@@ -327,6 +346,14 @@ class LivePipeline:
         staging_size = self._from_device.to_out_samples(audio.capture_ring.capacity) + self.input_bound + 2 * FRAME_SIZE
         self._staging = np.zeros(staging_size, dtype=np.float32)
         self._n_staged = 0
+        self._n_in_read = 0  # device samples taken from the capture ring (the ring's overflow aside)
+        self._from_speaker = RateConverter(audio.playback_rate, SAMPLE_RATE)
+        self._ref_scratch = np.zeros(audio.reference_ring.capacity, dtype=np.float32)
+        self._reference = np.zeros(staging_size, dtype=np.float32)  # 24 kHz, its oldest sample beside _near's
+        self._n_ref = 0
+        self._near = np.zeros(staging_size, dtype=np.float32)  # 24 kHz capture waiting for a whole 10 ms piece
+        self._n_near = 0
+        self._n_ref_read = 0  # device samples taken from the reference ring
         self._primed = False
         self.transcript = Transcript()
         self.compute_ms: list[float] = []
@@ -349,9 +376,18 @@ class LivePipeline:
         Until both streams flow, input is dropped: the conversation starts when it can be heard.
         """
         n = self.audio.capture_ring.read_into(self._scratch)
-        if n == 0 or not self.audio.flowing:
+        n_ref = self.audio.reference_ring.read_into(self._ref_scratch)
+        self._n_in_read += n
+        self._n_ref_read += n_ref
+        if not self.audio.flowing:
+            return
+        if self.aec is not None and n_ref:
+            self._stage_reference(self._from_speaker.convert(self._ref_scratch[:n_ref]))
+        if n == 0:
             return
         pcm = self._from_device.convert(self._scratch[:n])
+        if self.aec is not None:
+            pcm = self._cancel_echo(pcm, self.aec)
         overflow = self._n_staged + len(pcm) - len(self._staging)
         if overflow > 0:  # only after a stall longer than the capture ring: keep the newest
             self._n_staged -= overflow
@@ -360,6 +396,43 @@ class LivePipeline:
             self.input_shed_events += 1
         self._staging[self._n_staged : self._n_staged + len(pcm)] = pcm
         self._n_staged += len(pcm)
+
+    def _stage_reference(self, ref: np.ndarray) -> None:
+        overflow = self._n_ref + len(ref) - len(self._reference)
+        if overflow > 0:  # the microphone stopped while the speaker went on: keep the newest
+            self._n_ref -= overflow
+            self._reference[: self._n_ref] = self._reference[overflow : overflow + self._n_ref]
+        self._reference[self._n_ref : self._n_ref + len(ref)] = ref
+        self._n_ref += len(ref)
+
+    def _cancel_echo(self, pcm: np.ndarray, aec: EchoCanceller) -> np.ndarray:
+        """New 24 kHz capture, cleaned of the echo of what was played beside it, in whole 10 ms pieces.
+
+        What does not fill a piece waits for the next call, so the output may be shorter.
+        """
+        self._near[self._n_near : self._n_near + len(pcm)] = pcm
+        self._n_near += len(pcm)
+        audio = self.audio
+        cleaned = []
+        while self._n_near >= SUBFRAME_SIZE:
+            n = min(self._n_near // SUBFRAME_SIZE * SUBFRAME_SIZE, MAX_FRAME_SIZE)
+            if self._n_ref < n:  # the speaker started after the microphone: silence before it
+                missing = n - self._n_ref
+                self._reference[missing : missing + self._n_ref] = self._reference[: self._n_ref]
+                self._reference[:missing] = 0.0
+                self._n_ref = n
+            # Each stream's newest sample is timed from its callback's latest timestamp; the
+            # piece and its reference are the oldest ones, n_near and n_ref samples before those.
+            newest_captured = self._n_in_read + audio.capture_dropped
+            captured_s = audio.capture_mark_s + (newest_captured - audio.capture_mark_index) / audio.capture_rate
+            played_s = audio.render_mark_s + (self._n_ref_read - audio.render_mark_index) / audio.playback_rate
+            delay_ms = 1000.0 * (played_s - captured_s) + _ms(self._n_near - self._n_ref)
+            cleaned.append(aec.process(self._near[:n].copy(), self._reference[:n].copy(), delay_ms=delay_ms))
+            self._n_near -= n
+            self._near[: self._n_near] = self._near[n : n + self._n_near]
+            self._n_ref -= n
+            self._reference[: self._n_ref] = self._reference[n : n + self._n_ref]
+        return np.concatenate(cleaned) if cleaned else pcm[:0]
 
     def step(self) -> bool:
         """Run one engine step if a whole frame is staged; returns whether it did."""
@@ -452,6 +525,8 @@ class LivePipeline:
             output_shed_ms=_ms(self.output_shed),
             underruns=audio.underrun_events,
             underrun_ms=_ms(audio.underrun_samples, audio.playback_rate),
+            aec_on=self.aec is not None,
+            aec_erle_db=self.aec.erle_db if self.aec is not None else None,
         )
 
     def summary(self, end_reason: str, *, wall_s: float, recording: Path | None) -> LiveSummary:
@@ -484,6 +559,9 @@ class LivePipeline:
             device_xruns=audio.device_overflows + audio.device_underflows,
             recording=recording,
             trace=trace,
+            aec=self.aec is not None,
+            aec_erle_db=self.aec.erle_db if self.aec is not None else None,
+            aec_delay_ms=self.aec.delay_ms if self.aec is not None else None,
         )
 
 
@@ -499,6 +577,7 @@ def talk_live(
     ui: bool = True,
     input_backlog_frames: int = 2,
     playback_queue_frames: int = 3,
+    aec: bool | None = None,
     context: dict[str, Any] | None = None,
     console: Console | None = None,
 ) -> LiveSummary:
@@ -513,6 +592,8 @@ def talk_live(
         the user speaking (both by the input device's clock).
     ui: a rich live view on a terminal; False (or no terminal): one plain line per second.
     input_backlog_frames, playback_queue_frames: the latency bounds, in 80 ms frames.
+    aec: cancel the agent's voice, played on the speakers, from the microphone; None: decide by
+        the output device's name (`resolve_aec`), and show the hint when the name does not tell.
     context: extra facts for the recording's JSON (model, voice, ...).
 
     Ctrl-C ends the session normally (end_reason "interrupted"). Device problems raise
@@ -521,9 +602,11 @@ def talk_live(
     """
     config = AudioConfig(input_device, output_device, input_backlog_frames, playback_queue_frames)
     audio = open_duplex(config)
+    aec_on, aec_hint = resolve_aec(aec, audio.output_device.name if audio.output_device else "")
+    canceller = EchoCanceller() if aec_on else None
     recorder = Recorder(record) if record is not None else None
-    pipeline = LivePipeline(engine, audio, config, recorder)
-    view = LiveView(rich=ui, console=console)
+    pipeline = LivePipeline(engine, audio, config, recorder, canceller)
+    view = LiveView(rich=ui, console=console, hints=live_hints(aec_on, aec_hint))
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,), name="aimsvoice-step", daemon=True)
     end_reason = "error"
@@ -554,6 +637,7 @@ def talk_live(
                 "playback_rate": audio.playback_rate,
                 "input_backlog_frames": input_backlog_frames,
                 "playback_queue_frames": playback_queue_frames,
+                "aec": aec_on,
                 "max_minutes": max_minutes,
                 "idle_timeout": idle_timeout,
                 **(context or {}),
@@ -579,6 +663,7 @@ def talk_on_devices(
     max_minutes: float | None = None,
     idle_timeout: float | None = None,
     ui: bool = True,
+    aec: bool | None = None,
 ) -> LiveSummary:
     """`aimsvoice talk` without --in/--out: load the model and persona, then `talk_live`.
 
@@ -606,6 +691,7 @@ def talk_on_devices(
         max_minutes=max_minutes,
         idle_timeout=idle_timeout,
         ui=ui,
+        aec=aec,
         context=context,
     )
 

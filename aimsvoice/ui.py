@@ -26,6 +26,21 @@ METER_FLOOR_DB = -60.0
 HEADPHONE_HINT = (
     "Use headphones: full duplex through laptop speakers feeds the agent its own voice. Ctrl-C ends the call."
 )
+AEC_ON_HINT = "Echo cancellation is on: the agent does not hear itself on speakers (--no-aec turns it off). Ctrl-C ends the call."
+
+
+def live_hints(aec_on: bool, aec_hint: str | None) -> tuple[str, ...]:
+    """The lines a live session opens with: headphones or echo cancellation, and the --aec hint if any."""
+    if aec_on:
+        return (AEC_ON_HINT,)
+    return (HEADPHONE_HINT,) if aec_hint is None else (HEADPHONE_HINT, f"Hint: {aec_hint}.")
+
+
+def aec_text(on: bool, erle_db: float | None) -> str:
+    """Echo cancellation as the view and summary show it: off, on, or on with its ERLE."""
+    if not on:
+        return "off"
+    return "on" if erle_db is None else f"on, ERLE {erle_db:.0f} dB"
 
 
 def level_meter(level_db: float) -> Text:
@@ -62,6 +77,7 @@ def render(snap: LiveSnapshot) -> RenderableType:
     )
     grid.add_row("dropped", f"input {snap.input_shed_ms / 1000:6.2f} s   playback {snap.output_shed_ms / 1000:6.2f} s")
     grid.add_row("underruns", f"{snap.underruns}   ({snap.underrun_ms / 1000:.2f} s of silence)")
+    grid.add_row("echo cancel", aec_text(snap.aec_on, snap.aec_erle_db))
     return Panel(grid, title="aimsvoice talk", subtitle="Ctrl-C to end")  # full width: steady as words stream
 
 
@@ -72,7 +88,7 @@ def plain_line(snap: LiveSnapshot) -> str:
         f"agent {snap.output_level_db:5.1f} dB | compute p50 {snap.compute_p50_ms:.1f} p95 {snap.compute_p95_ms:.1f} "
         f"ms (budget {snap.budget_ms:.0f}) | queue in {snap.input_backlog_ms:.0f}/{snap.input_bound_ms:.0f} "
         f"out {snap.output_queue_ms:.0f}/{snap.output_bound_ms:.0f} ms | dropped in {snap.input_shed_ms:.0f} "
-        f"out {snap.output_shed_ms:.0f} ms | underruns {snap.underruns}"
+        f"out {snap.output_shed_ms:.0f} ms | underruns {snap.underruns} | aec {aec_text(snap.aec_on, snap.aec_erle_db)}"
     )
 
 
@@ -89,6 +105,7 @@ def summary_lines(summary: LiveSummary) -> list[str]:
         f"playback {summary.output_shed_ms:.0f} ms ({summary.output_shed_events} cuts), "
         f"capture overflow {summary.capture_lost_ms:.0f} ms; underruns {summary.underruns} "
         f"({summary.underrun_ms:.0f} ms of silence)",
+        f"echo cancellation: {aec_text(summary.aec, summary.aec_erle_db)}",
     ]
     if summary.recording is not None:
         lines.append(f"recording: {summary.recording} (+ {summary.recording.with_suffix('.json').name})")
@@ -96,17 +113,22 @@ def summary_lines(summary: LiveSummary) -> list[str]:
 
 
 class LiveView:
-    """Shows snapshots: a rich Live panel at 4 Hz on a terminal, else a plain line per second."""
+    """Shows snapshots: a rich Live panel at 4 Hz on a terminal, else a plain line per second.
 
-    def __init__(self, *, rich: bool, console: Console | None = None) -> None:
+    `hints` are printed once, on entering, above the view (see `live_hints`).
+    """
+
+    def __init__(self, *, rich: bool, console: Console | None = None, hints: tuple[str, ...] = (HEADPHONE_HINT,)) -> None:
         self.console = console or Console()
+        self.hints = hints
         self.rich = rich and self.console.is_terminal
         self._live: Live | None = None
         self._last_plain_s = -PLAIN_PERIOD_S
         self._n_words_printed = 0
 
     def __enter__(self) -> LiveView:
-        self.console.print(HEADPHONE_HINT, style="yellow" if self.rich else None, highlight=False, soft_wrap=True)
+        for hint in self.hints:
+            self.console.print(hint, style="yellow" if self.rich else None, highlight=False, soft_wrap=True)
         if self.rich:
             self._live = Live(console=self.console, refresh_per_second=REFRESH_HZ, transient=False)
             self._live.__enter__()

@@ -401,6 +401,7 @@ def _live(args: dict[str, Any]) -> None:
     engines = {"pass": PassThroughEngine, "stall": StallingEngine, "fail": FailingEngine}
     engine = engines[args.pop("engine")](**args.pop("engine_args", {}))
     summary_path = args.pop("summary", None)
+    args.setdefault("aec", False)  # "aimsvoice_speaker" would turn it on by default; AEC tests ask for it
     if args.get("record"):
         args["record"] = Path(args["record"])
     summary = talk_live(engine, persona_name="test", **args)

@@ -220,6 +220,11 @@ class DuplexAudio:
     The two streams are separate PortAudio streams, so input and output can be different devices
     at different rates; each callback runs on its own PortAudio thread. Counters are written by
     one callback each and read by anyone.
+
+    For the echo canceller, the playback callback also copies what it sent to the speaker into
+    `reference_ring`, and each callback marks where its block sits in time (PortAudio's ADC and
+    DAC timestamps). A mark's two fields are stored one after the other, so a reader may pair an
+    index with the previous block's time: an error of one block, which the canceller tolerates.
     """
 
     def __init__(
@@ -240,16 +245,25 @@ class DuplexAudio:
         self.playback_channels = playback_channels
         self.capture_ring = RingBuffer(int(RING_SECONDS * capture_rate))
         self.playback_ring = RingBuffer(int(RING_SECONDS * playback_rate))
+        self.reference_ring = RingBuffer(int(RING_SECONDS * playback_rate))  # what the speaker was sent
         # written by the capture callback
         self.captured = 0  # samples delivered by the device
         self.capture_dropped = 0  # samples lost because the ring was full
         self.device_overflows = 0  # PortAudio reported lost input
+        # (index, ADC time in s) of the first sample of the newest capture block; the index counts `captured`
+        self.capture_mark_index = 0
+        self.capture_mark_s = 0.0
         # written by the playback callback
         self.played = 0  # samples of agent audio played
         self.underrun_samples = 0  # samples of silence played because the ring was empty
         self.underrun_events = 0  # runs of such silence
         self.device_underflows = 0  # PortAudio reported a gap in output
         self.rendered = 0  # samples asked for by the device, sound or silence
+        # (index, DAC time in s) of the first sample of the newest playback block; the index counts `rendered`
+        self.render_mark_index = 0
+        self.render_mark_s = 0.0
+        self._input_latency_s = 0.0  # the streams' own latencies, for host APIs without timestamps
+        self._output_latency_s = 0.0
         self._output_prefill = 0  # samples the output takes to fill its own buffer before it plays
         self._starved = False
         self._capture_stream: Any = None
@@ -263,6 +277,10 @@ class DuplexAudio:
             self.device_overflows += 1
         written = self.capture_ring.write(indata[:, 0])
         self.capture_dropped += frames - written
+        if time_info is not None:
+            adc_s = time_info.inputBufferAdcTime or time_info.currentTime - self._input_latency_s
+            self.capture_mark_index = self.captured
+            self.capture_mark_s = adc_s
         self.captured += frames
 
     def on_playback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -281,6 +299,11 @@ class DuplexAudio:
             self._starved = False
         if self.playback_channels > 1:
             outdata[:, 1:] = outdata[:, :1]
+        self.reference_ring.write(outdata[:, 0])  # full only if the step thread is gone: then it is not needed
+        if time_info is not None:
+            dac_s = time_info.outputBufferDacTime or time_info.currentTime + self._output_latency_s
+            self.render_mark_index = self.rendered
+            self.render_mark_s = dac_s
         self.played += got
         self.rendered += frames
 
@@ -297,7 +320,9 @@ class DuplexAudio:
         """Open and start both streams; device problems become one AudioDeviceError line."""
         sd = sounddevice()
         self._capture_stream = self._open(sd, "input", sd.InputStream)
+        self._input_latency_s = self._capture_stream.latency
         self._playback_stream = self._open(sd, "output", sd.OutputStream)
+        self._output_latency_s = self._playback_stream.latency
         self._output_prefill = int((self._playback_stream.latency + START_MARGIN_S) * self.playback_rate)
 
     def _open(self, sd: ModuleType, kind: Kind, stream_type: Any) -> Any:
