@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,8 +33,20 @@ ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="`tiny` (built-in demo model), a model folder, or default: the pulled weights."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
+class Device(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA when available), cuda or cpu.")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
 InputDeviceOpt = Annotated[
     Optional[str],
     typer.Option("--input-device", help="Live: the microphone, by index or part of its name (`aimsvoice devices`)."),
@@ -57,8 +70,8 @@ def talk(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write the agent's audio (24 kHz WAV).")] = None,
     transcript: Annotated[Optional[Path], typer.Option("--transcript", help="Write the agent's words with times as JSON.")] = None,
     model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.auto,
     voice: Annotated[Optional[str], typer.Option("--voice", help="Voice override: a built-in name (NATF2...) or a WAV path.")] = None,
     text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")] = False,
@@ -97,7 +110,7 @@ def talk(
         raise typer.BadParameter("--transcript is for --in/--out; live, --record writes the transcript beside the WAV.")
     settings = session.TalkSettings(
         model=model, persona=persona, voice=voice, text_prompt=text_prompt,
-        device=device, dtype=dtype, greedy=greedy, seed=seed,
+        device=device.value, dtype=dtype.value, greedy=greedy, seed=seed,
     )
     if in_path is None:
         session.talk_on_devices(
@@ -337,8 +350,8 @@ def bench_compute(
         Optional[RandomArchitecture],
         typer.Option("--random-weights", help="Build this architecture with random weights: speed and memory with no download."),
     ] = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.auto,
     frames: Annotated[int, typer.Option("--frames", help="Frames to measure.")] = 100,
     warmup: Annotated[
         Optional[int], typer.Option("--warmup", help="Frames run and discarded first; default: 10, or --frames if fewer.")
@@ -356,7 +369,7 @@ def bench_compute(
 
     settings = bench_lib.ComputeSettings(
         model=model, random_weights=random_weights.value if random_weights else None,
-        device=device, dtype=dtype, frames=frames, warmup=warmup,
+        device=device.value, dtype=dtype.value, frames=frames, warmup=warmup,
     )
     with err_console.status("loading the model and measuring..."):
         report = bench_lib.run_compute(settings)
@@ -382,8 +395,8 @@ def bench_turns(
         Optional[Path], typer.Option("--suite", help="A Full-Duplex-Bench folder; default: the built-in suite.")
     ] = None,
     persona: PersonaOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.auto,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first sample (sample i: seed + i).")] = 0,
     tail: Annotated[float, typer.Option("--tail", help="Seconds of silence fed after each input.wav.")] = 5.0,
     out: Annotated[
@@ -406,7 +419,7 @@ def bench_turns(
     from .bench.report import append_entry, markdown_turns, turns_view
 
     settings = bench_lib.TurnsSettings(
-        model=model, suite=suite, persona=persona, device=device, dtype=dtype, seed=seed, tail_s=tail, out=out, live=live,
+        model=model, suite=suite, persona=persona, device=device.value, dtype=dtype.value, seed=seed, tail_s=tail, out=out, live=live,
     )
 
     def progress(result: bench_lib.SampleResult) -> None:

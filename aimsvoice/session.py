@@ -159,6 +159,19 @@ def open_engine(settings: TalkSettings) -> tuple[Engine, Conditioning, Persona]:
     return engine, conditioning, persona
 
 
+def settings_context(settings: TalkSettings, engine: Engine, conditioning: Conditioning) -> dict[str, Any]:
+    """What a conversation ran with, for its transcript or recording JSON."""
+    return {
+        "voice": str(conditioning.voice.source),
+        "text_prompt": conditioning.text_prompt,
+        "model": str(engine.model.files.directory),
+        "device": engine.device.type,
+        "dtype": str(engine.model.dtype).removeprefix("torch."),
+        "greedy": settings.greedy,
+        "seed": settings.seed,
+    }
+
+
 def talk_offline(
     settings: TalkSettings, in_path: Path, out_path: Path, transcript_path: Path | None = None,
     on_step: Callable[[StepOut], None] | None = None,
@@ -171,13 +184,7 @@ def talk_offline(
     if transcript_path is not None:
         context = {
             "persona": persona.name,
-            "voice": str(conditioning.voice.source),
-            "text_prompt": conditioning.text_prompt,
-            "model": str(engine.model.files.directory),
-            "device": engine.device.type,
-            "dtype": str(engine.model.dtype).removeprefix("torch."),
-            "greedy": settings.greedy,
-            "seed": settings.seed,
+            **settings_context(settings, engine, conditioning),
             "input": str(in_path),
             "duration_s": round(len(user_pcm) / SAMPLE_RATE, 3),
         }
@@ -673,15 +680,7 @@ def talk_on_devices(
     match_device(found, input_device, "input")
     match_device(found, output_device, "output")
     engine, conditioning, persona = open_engine(settings)
-    context = {
-        "voice": str(conditioning.voice.source),
-        "text_prompt": conditioning.text_prompt,
-        "model": str(engine.model.files.directory),
-        "device": engine.device.type,
-        "dtype": str(engine.model.dtype).removeprefix("torch."),
-        "greedy": settings.greedy,
-        "seed": settings.seed,
-    }
+    context = settings_context(settings, engine, conditioning)
     return talk_live(
         engine,
         persona_name=persona.display_name,
