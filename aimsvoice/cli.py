@@ -307,7 +307,6 @@ def devices() -> None:
 # --- bench ---
 import json
 import shlex
-from enum import Enum
 
 bench_app = typer.Typer(
     help="Measure frame compute, and switch latency and interruption handling (Full-Duplex-Bench).",
@@ -436,6 +435,28 @@ def bench_turns(
     if append is not None:
         append_entry(append, markdown_turns(report, _command_line()))
         err_console.print(f"appended an entry to {append}", highlight=False)
+
+
+@bench_app.command("aec", epilog="Examples:\n\n  aimsvoice bench aec\n\n  aimsvoice bench aec --noise-suppression --json")
+def bench_aec(
+    seconds: Annotated[float, typer.Option("--seconds", min=5.0, help="Length of the simulated echo.")] = 20.0,
+    delay_ms: Annotated[float, typer.Option("--delay-ms", help="Echo path delay.")] = 80.0,
+    noise_suppression: Annotated[bool, typer.Option("--noise-suppression", help="Also run noise suppression.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cost per 80 ms frame and ERLE of the echo canceller (talk --aec) on a simulated echo path."""
+    from .audio.aec import measure_aec
+
+    report = measure_aec(seconds=seconds, delay_ms=delay_ms, noise_suppression=noise_suppression)
+    if as_json:
+        _print_json(report)
+        return
+    console.print(
+        f"echo canceller: {report['ms_per_frame_median']:.2f} ms per 80 ms frame (median; p90 "
+        f"{report['ms_per_frame_p90']:.2f}, max {report['ms_per_frame_max']:.2f}), "
+        f"ERLE {report['erle_db']:.1f} dB, over {report['frames']} frames with a {delay_ms:g} ms echo",
+        highlight=False,
+    )
 # --- end bench ---
 
 

@@ -222,3 +222,20 @@ def test_measure_aec_reports_cost_and_erle() -> None:
     assert result["frames"] == 50 and result["frame_ms"] == 80.0
     assert result["ms_per_frame_median"] > 0.0 and result["cpu_ms_per_frame_median"] >= 0.0
     assert result["erle_db"] >= MIN_ERLE_DB
+
+
+def test_bench_aec_reports_cost_and_erle(capsys, monkeypatch) -> None:
+    """`aimsvoice bench aec --json`: the canceller's cost and ERLE, measured (not timed here)."""
+    import json
+    import sys
+
+    from aimsvoice import cli
+
+    monkeypatch.setattr(sys, "argv", ["aimsvoice", "bench", "aec", "--seconds", "6", "--json"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code in (0, None)
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 75 and report["delay_ms"] == 80.0
+    assert 0 < report["ms_per_frame_median"] <= report["ms_per_frame_max"]
+    assert report["erle_db"] >= 20.0
