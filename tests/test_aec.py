@@ -227,15 +227,12 @@ def test_measure_aec_reports_cost_and_erle() -> None:
 def test_bench_aec_reports_cost_and_erle(capsys, monkeypatch) -> None:
     """`aimsvoice bench aec --json`: the canceller's cost and ERLE, measured (not timed here)."""
     import json
-    import sys
 
-    from aimsvoice import cli
+    from cli_run import run_main
 
-    monkeypatch.setattr(sys, "argv", ["aimsvoice", "bench", "aec", "--seconds", "6", "--json"])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    assert done.value.code in (0, None)
-    report = json.loads(capsys.readouterr().out)
+    code, out, _ = run_main(["bench", "aec", "--seconds", "6", "--json"], capsys, monkeypatch)
+    assert code == 0
+    report = json.loads(out)
     assert report["frames"] == 75 and report["delay_ms"] == 80.0
     assert 0 < report["ms_per_frame_median"] <= report["ms_per_frame_max"]
     assert report["erle_db"] >= 20.0

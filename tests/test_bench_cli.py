@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from aimsvoice import cli
 from aimsvoice.audio import FRAME_SIZE, SAMPLE_RATE, read_wav, write_wav
 from aimsvoice.bench import builtin_suite_dir
 from aimsvoice.bench.compute import STAGES
 from aimsvoice.bench.randomweights import random_lm
 from aimsvoice.engine import Engine, EngineConfig, load_model
 from aimsvoice.engine.tiny import TINY_LM_KWARGS
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run the console entry point in-process, as the `aimsvoice` script does."""
-    monkeypatch.setattr(sys, "argv", ["aimsvoice", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else int(code)), out, err
+from cli_run import run_main
 
 
 def test_compute_json_and_dated_entries(tiny_dir, tmp_path, capsys, monkeypatch) -> None:

@@ -14,7 +14,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from virtual_audio import AlsaFileDevices, alsa_without_devices, child_env, run_child
 

@@ -8,7 +8,6 @@ monitor with parec). Sessions run in child processes and are kept to a few secon
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import wave

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soxr
 
-from aimsvoice import cli
 from aimsvoice.audio import read_wav
+from cli_run import run_main
 
 CLI = Path(sys.executable).with_name("aimsvoice")
 
@@ -36,16 +36,6 @@ def speechlike(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> n
     t = np.arange(int(seconds * rate)) / rate
     mono = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(len(t))
     return np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1) if channels > 1 else mono
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run the console entry point in-process, as the `aimsvoice` script does."""
-    monkeypatch.setattr(sys, "argv", ["aimsvoice", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else int(code)), out, err
 
 
 @pytest.mark.parametrize("rate", [16_000, 44_100, 48_000])
