@@ -251,17 +251,18 @@ class PersonaPlexGen(StreamingModule[_GenState]):
 
     # -- system prompt pieces -----------------------------------------------------------------
 
-    def step_voice_codes(self, codes: Iterator[torch.Tensor], capture: bool) -> PromptState | None:
-        """Voice prompt from Mimi codes: agent forced to the voice, text to PAD, user to the sine."""
+    def step_voice_codes(self, codes: Iterator[torch.Tensor]) -> PromptState:
+        """Voice prompt from Mimi codes: agent forced to the voice, text to PAD, user to the sine.
+
+        Returns the prompt state it leaves, to be saved and replayed instead next time.
+        """
         sine = self._tokens(SINE_TOKENS)
         pad = torch.full((1,), TEXT_PAD, dtype=torch.long, device=self.lm.device)
         embeddings = []
         for frame in codes:
             _, emb = self.step(user=sine, agent=frame, text=pad)
-            if emb is not None and capture:
+            if emb is not None:
                 embeddings.append(emb.detach().clone())
-        if not capture:
-            return None
         state = self._streaming_state
         assert state is not None
         return PromptState(torch.stack(embeddings, dim=0), state.cache.clone())
@@ -393,8 +394,7 @@ class Engine:
             except Exception as e:  # a damaged cache entry is rebuilt, not fatal
                 logger.warning("ignoring prompt cache %s: %s", cache_path, e)
                 self.gen.reset_streaming()
-        state = self.gen.step_voice_codes(self._encode_frames(voice.audio), capture=True)
-        assert state is not None
+        state = self.gen.step_voice_codes(self._encode_frames(voice.audio))
         try:
             state.save(cache_path)
         except OSError as e:
@@ -405,9 +405,7 @@ class Engine:
         """The prompt state of a voice given as audio (resets the streaming state first)."""
         self.mimi.reset_streaming()
         self.gen.reset_streaming()
-        state = self.gen.step_voice_codes(self._encode_frames(pcm), capture=True)
-        assert state is not None
-        return state
+        return self.gen.step_voice_codes(self._encode_frames(pcm))
 
     def _encode_frames(self, pcm: np.ndarray) -> Iterator[torch.Tensor]:
         """Mimi codes [1, 8, 1] of each 80 ms frame of `pcm`, the last frame zero-padded."""
