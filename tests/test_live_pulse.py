@@ -130,15 +130,24 @@ def test_devices_at_another_rate_are_resampled(pulse: PulseServer, tmp_path: Pat
     tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in (170, 330, 520, 780))
     speech = (0.08 * tones * np.hanning(len(t))).astype(np.float32)
     silence = np.zeros(6000, dtype=np.float32)
-    summary, played, _ = talk_over(pulse, tmp_path, np.concatenate([silence, speech, silence]), device_rate=48000)
+    # Fidelity is only measurable in a session the machine kept up with: on a 2-core machine other
+    # work can make the real-time loop shed audio (counted, by design), so one retry is allowed.
+    for attempt in range(2):
+        run_dir = tmp_path / f"attempt-{attempt}"
+        run_dir.mkdir()
+        summary, played, _ = talk_over(pulse, run_dir, np.concatenate([silence, speech, silence]), device_rate=48000)
+        disturbed = (summary["underruns"], summary["input_shed_ms"], summary["output_shed_ms"])
+        if disturbed == (0, 0.0, 0.0):
+            break
+    else:
+        pytest.fail(f"the machine did not keep up in real time twice (underruns, shed in/out ms): {disturbed}")
 
-    meta = json.loads((tmp_path / "r.json").read_text())
+    meta = json.loads((run_dir / "r.json").read_text())
     assert (meta["settings"]["capture_rate"], meta["settings"]["playback_rate"]) == (48000, 48000)
     start = find(played, speech)
     got = played[start : start + len(speech)]
     similarity = float(np.dot(got, speech) / np.linalg.norm(got) / np.linalg.norm(speech))
     assert similarity > 0.98
-    assert summary["underruns"] == 0
 
 
 def test_a_lost_device_is_one_line_and_the_recording_is_kept(tmp_path: Path) -> None:
