@@ -136,7 +136,7 @@ class TalkSettings:
 
 
 def open_engine(settings: TalkSettings) -> tuple[Engine, Conditioning, Persona]:
-    """Load the model and the persona, and condition the engine on it (system prompt run)."""
+    """Load the model and the persona; `engine.start(conditioning)` then runs its system prompt."""
     persona = personas.load(settings.persona)
     model_dir = resolve_model_dir(settings.model)
     read_model_files(model_dir)  # a missing model is reported before a voice it would hold
@@ -144,19 +144,12 @@ def open_engine(settings: TalkSettings) -> tuple[Engine, Conditioning, Persona]:
         voice=load_voice(settings.voice or persona.voice, model_dir),
         text_prompt=persona.text_prompt if settings.text_prompt is None else settings.text_prompt,
     )
-    defaults = SamplingConfig()
-    sampling = SamplingConfig(
-        greedy=settings.greedy,
-        temp_text=persona.temp_text if persona.temp_text is not None else defaults.temp_text,
-        topk_text=persona.topk_text if persona.topk_text is not None else defaults.topk_text,
-        temp_audio=persona.temp_audio if persona.temp_audio is not None else defaults.temp_audio,
-        topk_audio=persona.topk_audio if persona.topk_audio is not None else defaults.topk_audio,
-    )
+    overrides = {key: value for key in ("temp_text", "topk_text", "temp_audio", "topk_audio")
+                 if (value := getattr(persona, key)) is not None}
+    sampling = SamplingConfig(greedy=settings.greedy, **overrides)
     config = EngineConfig(device=settings.device, dtype=settings.dtype, sampling=sampling, seed=settings.seed)
     model = load_model(model_dir, device=config.device, dtype=config.dtype)
-    engine = Engine(model, config)
-    engine.start(conditioning)
-    return engine, conditioning, persona
+    return Engine(model, config), conditioning, persona
 
 
 def settings_context(settings: TalkSettings, engine: Engine, conditioning: Conditioning) -> dict[str, Any]:
@@ -179,6 +172,7 @@ def talk_offline(
     """A whole conversation from a file: user audio in, agent audio (and transcript) out."""
     user_pcm = read_wav(in_path)
     engine, conditioning, persona = open_engine(settings)
+    engine.start(conditioning)
     result = run_frames(engine, user_pcm, on_step)
     write_wav(out_path, result.agent_pcm)
     if transcript_path is not None:
@@ -680,6 +674,7 @@ def talk_on_devices(
     match_device(found, input_device, "input")
     match_device(found, output_device, "output")
     engine, conditioning, persona = open_engine(settings)
+    engine.start(conditioning)
     context = settings_context(settings, engine, conditioning)
     return talk_live(
         engine,
