@@ -25,7 +25,6 @@ second person) and without `<system>` tags: the engine adds them.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from . import xdg
 from .errors import PersonaError
 from .layout import VOICE_NAMES
 
@@ -80,10 +80,7 @@ def builtin_dir() -> Path:
 
 def user_dir() -> Path:
     """The folder of the user's personas: `$XDG_CONFIG_HOME/aimsvoice/personas`."""
-    config_home = os.environ.get("XDG_CONFIG_HOME", "")
-    # The XDG spec says a relative value is invalid and must be ignored.
-    base = Path(config_home) if os.path.isabs(config_home) else Path.home() / ".config"
-    return base / "aimsvoice" / "personas"
+    return xdg.config_dir() / "personas"
 
 
 def load_all() -> dict[str, Persona]:

@@ -65,6 +65,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from . import xdg
 from .errors import WeightsError
 from .layout import (
     CONFIG_NAME,
@@ -727,8 +728,7 @@ def _cached_snapshot(repo_id: str, revision: str) -> Path | None:
 
 
 def _record_path() -> Path:
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config_home) / "aimsvoice" / RECORD_NAME
+    return xdg.config_dir() / RECORD_NAME
 
 
 def _read_record() -> dict:

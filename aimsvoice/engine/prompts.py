@@ -16,7 +16,7 @@ import numpy as np
 import pyloudnorm
 import torch
 
-from .. import layout
+from .. import layout, xdg
 from ..audio.format import SAMPLE_RATE
 from ..audio.wavio import read_wav
 from ..errors import AudioFileError, VoiceNotFoundError
@@ -129,5 +129,4 @@ def load_voice(voice: str, model_dir: Path) -> VoicePrompt:
 
 def prompt_cache_path(voice: VoicePrompt, model_key: str) -> Path:
     """Where the prompt state of an audio voice is cached for a given model (and dtype/device)."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "aimsvoice" / "prompts" / model_key / f"{voice.content_hash}.pt"
+    return xdg.cache_dir() / "prompts" / model_key / f"{voice.content_hash}.pt"

@@ -24,7 +24,7 @@ from moshi.modules.transformer import StreamingMultiheadAttention
 from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors.torch import save_file
 
-from .. import layout
+from .. import layout, xdg
 from ..audio.format import SAMPLE_RATE
 from .load import PERSONAPLEX_LM_KWARGS
 
@@ -100,8 +100,7 @@ _PIECES = 400
 
 def default_tiny_dir() -> Path:
     """The user-cache folder of the built-in tiny model (XDG_CACHE_HOME respected)."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "aimsvoice" / "models" / f"tiny-v{TINY_VERSION}"
+    return xdg.cache_dir() / "models" / f"tiny-v{TINY_VERSION}"
 
 
 def ensure_tiny_model(directory: Path | None = None, seed: int = 0) -> Path:
