@@ -6,24 +6,29 @@ HF_HOME and HF_HUB_OFFLINE are read by huggingface_hub at import, as they are fo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+import requests
 from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
 from aimsvoice import layout
 from aimsvoice.errors import WeightsError
-from aimsvoice.weights import MANIFEST_NAME, extract_voices
+from aimsvoice.weights import MANIFEST_NAME, WeightsSpec, extract_voices
+from aimsvoice.weights.errors import HUB_ERRORS, explain
+from aimsvoice.weights.spec import RemoteFile
 
 from fakehub import FakeHub, FakeRepo
 
@@ -54,15 +59,23 @@ def voice_files(seed: int = 0) -> dict[str, bytes]:
     return {f"voices/{name}.pt": rng.bytes(300 + i) for i, name in enumerate(layout.VOICE_NAMES)}
 
 
-def random_repo(lm_bytes: int = 200_000, seed: int = 0, **kwargs: object) -> FakeRepo:
-    """A PersonaPlex-shaped repo of random bytes (pulling never parses the weights)."""
+def community_voice_files(seed: int = 0) -> dict[str, bytes]:
+    """Voices a fine-tune might ship instead of NVIDIA's, in the folder layouts archives come in."""
+    rng = np.random.default_rng(seed)
+    names = ("voices/MyCoach.pt", "./voices/narrator.wav", "personaplex-ft/voices/Calm.pt", "voices/community/deep_bass.wav")
+    return {name: rng.bytes(400 + i) for i, name in enumerate(names)}
+
+
+def random_repo(lm_bytes: int = 200_000, seed: int = 0, voices: dict[str, bytes] | None = None, **kwargs: object) -> FakeRepo:
+    """A PersonaPlex-shaped repo of random bytes (pulling never parses the weights); `voices` are
+    the members of voices.tgz, NVIDIA's eighteen by default."""
     rng = np.random.default_rng(seed)
     files = {
         layout.CONFIG_NAME: json.dumps({"dim": 64, "text_card": 400}).encode(),
         layout.LM_NAME: rng.bytes(lm_bytes),
         layout.MIMI_NAME: rng.bytes(50_000),
         layout.TEXT_TOKENIZER_NAME: rng.bytes(20_000),
-        layout.VOICES_ARCHIVE: voices_tgz(voice_files(seed)),
+        layout.VOICES_ARCHIVE: voices_tgz(voice_files(seed) if voices is None else voices),
         "README.md": b"# not needed by talk\n",
         "dist.tgz": rng.bytes(5_000),
     }
@@ -212,6 +225,50 @@ def test_pull_other_repo_into_dir_with_token_flag(hub: FakeHub, env: dict[str, s
         assert done.returncode == 0 and f"model: {target}" in done.stdout, done.stderr
 
 
+def test_pull_keeps_every_voice_the_archive_holds(hub: FakeHub, env: dict[str, str]) -> None:
+    """A fine-tune's own voices, in nested folders and without NVIDIA's eighteen: all pulled, all checked."""
+    voices = community_voice_files()
+    not_voices = {"voices/._MyCoach.pt": b"macOS resource fork", "voices/README.txt": b"about", "samples/Stray.pt": b"x"}
+    repo = hub.repos[layout.REPO_ID] = random_repo(voices={**voices, **not_voices})
+    done = run(["pull-weights"], env)
+    assert done.returncode == 0, done.stderr
+    model_dir = snapshot_dir(env, repo)
+    landed = {f"voices/{PurePosixPath(member).name}": data for member, data in voices.items()}
+    assert sorted(f"voices/{p.name}" for p in (model_dir / layout.VOICES_DIR).iterdir()) == sorted(landed)
+    for name, data in landed.items():
+        assert (model_dir / name).read_bytes() == data, name
+    manifest = json.loads((model_dir / MANIFEST_NAME).read_text())
+    recorded = {k: v["sha256"] for k, v in manifest["files"].items() if k.startswith("voices/")}
+    assert recorded == {name: sha256(data) for name, data in landed.items()}
+
+    done = run(["pull-weights", "--check"], env, HF_HUB_OFFLINE="1")
+    assert done.returncode == 0, done.stderr
+    statuses = {line.split()[1]: line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert statuses == {name: "ok" for name in manifest["files"]} and len(statuses) == 5 + len(landed)
+
+    # A community voice deleted, another changed in place: --check names both; a pull re-extracts them.
+    (model_dir / "voices" / "narrator.wav").unlink()
+    coach = model_dir / "voices" / "MyCoach.pt"
+    coach.write_bytes(bytes(reversed(coach.read_bytes())))
+    done = run(["pull-weights", "--check"], env, HF_HUB_OFFLINE="1")
+    one_line_error(done, "2 of 9", "voices/MyCoach.pt (corrupt)", "voices/narrator.wav (missing)", "pull-weights")
+    done = run(["pull-weights"], env)
+    assert done.returncode == 0, done.stderr
+    assert lfs_downloads(hub, layout.VOICES_ARCHIVE) == 1  # extracted again from the archive already here
+    assert (model_dir / "voices" / "narrator.wav").read_bytes() == landed["voices/narrator.wav"]
+    assert coach.read_bytes() == landed["voices/MyCoach.pt"]
+    assert run(["pull-weights", "--check"], env, HF_HUB_OFFLINE="1").returncode == 0
+
+
+def test_archive_without_any_voice_is_refused(hub: FakeHub, env: dict[str, str]) -> None:
+    not_voices = {"voices/README.txt": b"about", "samples/NATF0.pt": b"not under voices/", "voices/._NATF0.pt": b"fork"}
+    repo = hub.repos[layout.REPO_ID] = random_repo(voices=not_voices)
+    one_line_error(run(["pull-weights"], env), f"{layout.VOICES_ARCHIVE} holds no voice prompt", "--repo")
+    model_dir = snapshot_dir(env, repo)
+    assert not (model_dir / layout.VOICES_DIR).exists() and not (model_dir / MANIFEST_NAME).exists()
+    assert find_pulled_model(env) == "None"
+
+
 def test_nothing_pulled(env: dict[str, str]) -> None:
     assert find_pulled_model(env) == "None"
     one_line_error(run(["pull-weights", "--check"], env, HF_HUB_OFFLINE="1"), "no pulled", "run `aimsvoice pull-weights`")
@@ -283,6 +340,24 @@ def test_interrupted_download_resumes(hub: FakeHub, env: dict[str, str]) -> None
     assert run(["pull-weights", "--check"], env, HF_HUB_OFFLINE="1").returncode == 0
 
 
+def test_interrupted_download_into_dir_resumes(hub: FakeHub, env: dict[str, str], tmp_path: Path) -> None:
+    """--dir keeps unfinished downloads in the hub's local-dir bookkeeping; they are found and resumed."""
+    repo = hub.repos[layout.REPO_ID] = random_repo(lm_bytes=HUB_CHUNK_BYTES + 300_000)
+    hub.cut_after[layout.LM_NAME] = HUB_CHUNK_BYTES + 1_000
+    target = tmp_path / "model"
+    line = one_line_error(run(["pull-weights", "--dir", str(target)], env), f"download of {layout.LM_NAME} was interrupted")
+    kept = int(re.search(r"\(([\d,]+) of", line)[1].replace(",", ""))  # type: ignore[index]
+    assert 0 < kept < len(repo.files[layout.LM_NAME])
+
+    done = run(["pull-weights", "--dir", str(target)], env)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at" in done.stderr
+    first, second = hub.content_requests(layout.LM_NAME)
+    assert first.range is None and second.range == f"bytes={kept}-"
+    assert (target / layout.LM_NAME).read_bytes() == repo.files[layout.LM_NAME]
+    assert run(["pull-weights", "--check", "--dir", str(target)], env, HF_HUB_OFFLINE="1").returncode == 0
+
+
 def test_full_disk_is_refused_before_downloading(hub: FakeHub, env: dict[str, str]) -> None:
     repo = hub.repos[layout.REPO_ID] = random_repo()
     hub.advertised_size[layout.LM_NAME] = 10**18  # no disk here has an exabyte free
@@ -342,6 +417,7 @@ def regular(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
         (special("voices/disk", tarfile.BLKTYPE), "device or special"),
         (special("voices/pipe", tarfile.FIFOTYPE), "device or special"),
         (regular("voices/NATF0.pt", b"second copy"), "appears twice"),
+        (regular("personaplex/voices/NATF0.pt", b"same name, other folder"), "appears twice"),
     ],
 )
 def test_unsafe_members_refuse_the_whole_archive(tmp_path: Path, member: tuple, complaint: str) -> None:
@@ -354,35 +430,41 @@ def test_unsafe_members_refuse_the_whole_archive(tmp_path: Path, member: tuple, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["model", "voices.tgz"]  # nothing written anywhere
 
 
-def test_only_expected_voice_files_are_kept(tmp_path: Path) -> None:
+def test_every_voice_prompt_is_kept_and_nothing_else(tmp_path: Path) -> None:
+    community = community_voice_files()
     files = {
         **voice_files(),
+        **community,
         "voices/NATF0.wav": b"RIFF....",
         "./voices/VARF4.wav": b"RIFF",
+        "VARM9.pt": b"flat archive",  # at the top: the archive itself is the voices folder
         "voices/README.txt": b"hi",
-        "voices/sub/NATM0.pt": b"nested",
+        "voices/._MyCoach.pt": b"AppleDouble",
+        "voices/NATM0.pt.bak": b"old",
         "other/NATM1.pt": b"elsewhere",
         "run.sh": b"#!/bin/sh",
     }
     archive = tmp_path / "voices.tgz"
     archive.write_bytes(voices_tgz(files, [special("voices", tarfile.DIRTYPE)]))
     entries = extract_voices(archive, tmp_path)
-    kept = sorted(p.name for p in (tmp_path / "voices").iterdir())
-    assert kept == sorted([f"{n}.pt" for n in layout.VOICE_NAMES] + ["NATF0.wav", "VARF4.wav"])
-    assert (tmp_path / "voices" / "NATM0.pt").read_bytes() == files["voices/NATM0.pt"]
-    natm1 = files["voices/NATM1.pt"]
-    assert (entries["voices/NATM1.pt"]["size"], entries["voices/NATM1.pt"]["sha256"]) == (len(natm1), sha256(natm1))
+    expected = [f"{n}.pt" for n in layout.VOICE_NAMES] + [PurePosixPath(m).name for m in community]
+    expected += ["NATF0.wav", "VARF4.wav", "VARM9.pt"]
+    assert sorted(p.name for p in (tmp_path / "voices").iterdir()) == sorted(expected)
+    assert sorted(entries) == sorted(f"voices/{name}" for name in expected)
+    bass = community["voices/community/deep_bass.wav"]
+    assert (tmp_path / "voices" / "deep_bass.wav").read_bytes() == bass
+    assert (entries["voices/deep_bass.wav"]["size"], entries["voices/deep_bass.wav"]["sha256"]) == (len(bass), sha256(bass))
+    assert (tmp_path / "voices" / "NATM1.pt").read_bytes() == files["voices/NATM1.pt"]
     assert not (tmp_path / "run.sh").exists() and not (tmp_path / "other").exists()
 
 
-def test_archive_missing_voices_is_refused(tmp_path: Path) -> None:
-    files = voice_files()
-    del files["voices/VARM4.pt"]
+def test_archive_without_voices_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "voices.tgz"
-    archive.write_bytes(voices_tgz(files))
-    with pytest.raises(WeightsError, match="lacks the voice prompts VARM4.pt"):
+    archive.write_bytes(voices_tgz({"voices/README.txt": b"hi", "other/NATF0.pt": b"elsewhere"}))
+    with pytest.raises(WeightsError, match="holds no voice prompt") as raised:
         extract_voices(archive, tmp_path)
-    assert not (tmp_path / "voices").exists()
+    assert "\n" not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voices.tgz"]
 
 
 def test_not_a_tar_is_refused(tmp_path: Path) -> None:
@@ -390,6 +472,42 @@ def test_not_a_tar_is_refused(tmp_path: Path) -> None:
     archive.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(WeightsError, match="cannot read"):
         extract_voices(archive, tmp_path)
+
+
+# -- the hub-error table -------------------------------------------------------------------------
+
+
+def test_hub_error_table_puts_subclasses_before_their_bases() -> None:
+    kinds = [kind for kind, _ in HUB_ERRORS]
+    for i, earlier in enumerate(kinds):
+        for later in kinds[i + 1 :]:
+            assert not issubclass(later, earlier), f"{later.__name__} would never be reached after {earlier.__name__}"
+
+
+LM = RemoteFile(layout.LM_NAME, 1_000, "0" * 64, True)
+
+
+@pytest.mark.parametrize(
+    "error, remote, needle",
+    [
+        (requests.ConnectionError("refused"), None, "cannot reach the Hugging Face hub"),
+        (requests.ConnectionError("reset"), LM, f"download of {layout.LM_NAME} was interrupted (0 of 1,000 bytes kept)"),
+        (requests.exceptions.ChunkedEncodingError("cut"), LM, "was interrupted"),
+        (OSError("Consistency check failed: file should be of size 1000 but has size 10"), LM, "was interrupted"),
+        (OSError(errno.ENOSPC, "No space left on device"), LM, f"disk filled up while downloading {layout.LM_NAME}"),
+        (requests.exceptions.ChunkedEncodingError("cut"), None, None),  # while listing: not ours to explain
+        (OSError(errno.EACCES, "Permission denied"), LM, None),
+        (ValueError("a bug"), LM, None),
+    ],
+)
+def test_hub_errors_are_explained_by_the_first_matching_row(
+    tmp_path: Path, error: Exception, remote: RemoteFile | None, needle: str | None
+) -> None:
+    explained = explain(error, WeightsSpec(local_dir=tmp_path), remote)
+    if needle is None:
+        assert explained is None
+    else:
+        assert explained is not None and needle in str(explained), explained
 
 
 # -- the pulled tiny model talks ------------------------------------------------------------------
