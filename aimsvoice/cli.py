@@ -62,7 +62,8 @@ OutputDeviceOpt = Annotated[
     "  aimsvoice talk --model tiny --persona headcoach --in user.wav --out agent.wav\n\n"
     "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy\n\n"
     "  aimsvoice talk --persona headcoach --input-device 'USB' --record call.wav --max-minutes 10\n\n"
-    "  aimsvoice talk --aec --output-device 'Speakers'",
+    "  aimsvoice talk --aec --output-device 'Speakers'\n\n"
+    "  aimsvoice talk --model tiny --batch calls.jsonl --batch-size 8",
 )
 def talk(
     persona: PersonaOpt = None,
@@ -72,7 +73,9 @@ def talk(
     model: ModelOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
-    voice: Annotated[Optional[str], typer.Option("--voice", help="Voice override: a built-in name (NATF2...) or a WAV path.")] = None,
+    voice: Annotated[
+        Optional[str], typer.Option("--voice", help="Voice override: a voice of the model (`aimsvoice voices`) or a WAV path.")
+    ] = None,
     text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed the samplers for a reproducible conversation.")] = None,
@@ -94,13 +97,32 @@ def talk(
             "Default: on when the output's name says speakers, off for a headset or a name that does not tell.",
         ),
     ] = None,
+    batch: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--batch",
+            help='Many offline conversations: a .jsonl file, one {"in": ..., "out": ...} per line (optional: transcript, '
+            "persona, voice, text_prompt, seed, greedy; the flags are the defaults).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", min=1, help="With --batch: conversations stepped together; default: all, as memory allows."),
+    ] = None,
 ) -> None:
-    """Hold a conversation with a persona: live on the microphone and speakers, or offline with --in/--out."""
+    """Hold a conversation with a persona: live on the microphone and speakers, offline with --in/--out, or many with --batch."""
     from . import session
 
+    live_only = (input_device, output_device, record, max_minutes, idle_timeout, aec)
+    if batch is not None:
+        if in_path is not None or out_path is not None or transcript is not None:
+            raise typer.BadParameter("--batch reads \"in\", \"out\" and \"transcript\" from each line; drop --in, --out and --transcript.")
+        if no_ui or any(option is not None for option in live_only):
+            raise typer.BadParameter("--batch runs offline conversations; drop the live options.")
+    elif batch_size is not None:
+        raise typer.BadParameter("--batch-size is for --batch.")
     if (in_path is None) != (out_path is None):
         raise typer.BadParameter("give both --in and --out for an offline conversation.")
-    live_only = (input_device, output_device, record, max_minutes, idle_timeout, aec)
     if in_path is not None and (no_ui or any(option is not None for option in live_only)):
         raise typer.BadParameter(
             "--input-device, --output-device, --no-ui, --record, --max-minutes, --idle-timeout and --aec/--no-aec "
@@ -112,11 +134,19 @@ def talk(
         model=model, persona=persona, voice=voice, text_prompt=text_prompt,
         device=device.value, dtype=dtype.value, greedy=greedy, seed=seed,
     )
+    if batch is not None:
+        _talk_batch(batch, settings, batch_size)
+        return
     if in_path is None:
-        session.talk_on_devices(
-            settings, input_device=input_device, output_device=output_device, record=record,
-            max_minutes=max_minutes, idle_timeout=idle_timeout, ui=not no_ui, aec=aec,
+        from . import live
+        from .audio.devices import AudioConfig
+        from .ui import LiveView
+
+        config = live.LiveConfig(
+            audio=AudioConfig(input_device, output_device), record=record,
+            max_minutes=max_minutes, idle_timeout=idle_timeout, aec=aec,
         )
+        live.talk_on_devices(settings, config, LiveView(rich=not no_ui, console=console))
         return
 
     def show(out) -> None:
@@ -127,6 +157,17 @@ def talk(
     console.print()
     seconds = len(result.agent_pcm) / 24_000
     console.print(f"wrote {out_path} ({seconds:.2f} s)" + (f" and {transcript}" if transcript else ""), highlight=False)
+
+
+def _talk_batch(path: Path, settings, batch_size: int | None) -> None:
+    from .batch import talk_batch
+    from .ui import BatchProgress
+
+    with BatchProgress(err_console) as progress:
+        summary = talk_batch(path, settings, batch_size, progress)
+    progress.summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
 # --- end talk ---
 
 
@@ -340,7 +381,8 @@ def _print_json(data: dict) -> None:
     epilog="Examples:\n\n"
     "  aimsvoice bench compute --model tiny\n\n"
     "  aimsvoice bench compute --frames 500 --json\n\n"
-    "  aimsvoice bench compute --random-weights 7b --device cuda\n\n"
+    "  aimsvoice bench compute --model tiny --batch 1,2,4,8\n\n"
+    "  aimsvoice bench compute --random-weights 7b --device cuda --batch 1,8\n\n"
     "  aimsvoice bench compute --random-weights 7b --frames 3 --dtype bfloat16 --device cpu",
 )
 def bench_compute(
@@ -351,24 +393,28 @@ def bench_compute(
     ] = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
-    frames: Annotated[int, typer.Option("--frames", help="Frames to measure.")] = 100,
+    frames: Annotated[int, typer.Option("--frames", help="Ticks to measure per batch size.")] = 100,
     warmup: Annotated[
-        Optional[int], typer.Option("--warmup", help="Frames run and discarded first; default: 10, or --frames if fewer.")
+        Optional[int], typer.Option("--warmup", help="Ticks run and discarded first; default: 10, or --frames if fewer.")
     ] = None,
+    batch: Annotated[
+        str, typer.Option("--batch", help="Conversations stepped together; a list measures each in turn, e.g. 1,2,4,8.")
+    ] = "1",
     as_json: JsonOpt = False,
     append: AppendOpt = None,
 ) -> None:
-    """Time one 80 ms frame stage by stage (Mimi encode, temporal transformer, depformer, Mimi decode).
+    """Time one 80 ms tick stage by stage (Mimi encode, temporal transformer, depformer, Mimi decode), for B conversations at once.
 
     Prints p50/p95/p99/max per stage after warm-up (device-synchronized on CUDA), the real-time
-    factor, frames/s, headroom against the 80 ms budget and peak memory (CUDA max allocated, or RSS).
+    factor, the cost per conversation (the tick over B), frames/s, headroom against the 80 ms
+    budget and peak memory (CUDA max allocated, or RSS), for each batch size.
     """
     from . import bench as bench_lib
     from .bench.report import append_entry, compute_view, markdown_compute
 
     settings = bench_lib.ComputeSettings(
         model=model, random_weights=random_weights.value if random_weights else None,
-        device=device.value, dtype=dtype.value, frames=frames, warmup=warmup,
+        device=device.value, dtype=dtype.value, batch_sizes=_batch_sizes(batch), frames=frames, warmup=warmup,
     )
     with err_console.status("loading the model and measuring..."):
         report = bench_lib.run_compute(settings)
@@ -379,6 +425,15 @@ def bench_compute(
     if append is not None:
         append_entry(append, markdown_compute(report, _command_line()))
         err_console.print(f"appended an entry to {append}", highlight=False)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    from .errors import BenchError
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BenchError(f"--batch {text}: give whole numbers separated by commas, e.g. --batch 1,2,4,8.") from None
 
 
 @bench_app.command(

@@ -1,23 +1,26 @@
-"""What a live conversation shows: a rich view on a terminal, plain lines for logs and pipes.
+"""What a conversation shows: a rich view on a terminal, plain lines for logs and pipes.
 
 Everything here renders from plain data (a `LiveSnapshot` or `LiveSummary` taken by the main
-thread, a list of `DeviceInfo`); nothing is ever called from an audio callback or the step thread.
+thread, a list of `DeviceInfo`, what `talk --batch` reports); nothing is ever called from an audio callback
+or the step thread.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from .audio import SAMPLE_RATE
 from .audio.devices import DeviceInfo
-
-if TYPE_CHECKING:
-    from .session import LiveSnapshot, LiveSummary
+from .batch import BatchLine, BatchLineError, BatchSummary
+from .live.stats import LiveSnapshot, LiveSummary
+from .session import OfflineResult
 
 REFRESH_HZ = 4
 PLAIN_PERIOD_S = 1.0  # one status line per second of conversation with --no-ui
@@ -113,31 +116,36 @@ def summary_lines(summary: LiveSummary) -> list[str]:
 
 
 class LiveView:
-    """Shows snapshots: a rich Live panel at 4 Hz on a terminal, else a plain line per second.
+    """Shows a live session (a `LiveObserver`): a rich Live panel at 4 Hz on a terminal, else a plain line per second.
 
-    `hints` are printed once, on entering, above the view (see `live_hints`).
+    `open` prints the session's hints (headphones or echo cancellation, see `live_hints`) above the view.
     """
 
-    def __init__(self, *, rich: bool, console: Console | None = None, hints: tuple[str, ...] = (HEADPHONE_HINT,)) -> None:
+    def __init__(self, *, rich: bool, console: Console | None = None) -> None:
         self.console = console or Console()
-        self.hints = hints
         self.rich = rich and self.console.is_terminal
         self._live: Live | None = None
         self._last_plain_s = -PLAIN_PERIOD_S
         self._n_words_printed = 0
 
-    def __enter__(self) -> LiveView:
-        for hint in self.hints:
-            self.console.print(hint, style="yellow" if self.rich else None, highlight=False, soft_wrap=True)
+    def open(self, aec_on: bool = False, aec_hint: str | None = None) -> None:
+        for hint in live_hints(aec_on, aec_hint):
+            self.console.print(hint, style="yellow" if self.rich else None, markup=False, highlight=False, soft_wrap=True)
         if self.rich:
             self._live = Live(console=self.console, refresh_per_second=REFRESH_HZ, transient=False)
             self._live.__enter__()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self._live is not None:
             self._live.__exit__(None, None, None)
             self._live = None
+
+    def __enter__(self) -> LiveView:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def update(self, snap: LiveSnapshot) -> None:
         """Show the newest snapshot (called by the main thread, about 4 times a second)."""
@@ -182,3 +190,61 @@ def devices_table(devices: list[DeviceInfo]) -> Table:
             ", ".join(default_for),
         )
     return table
+
+
+class BatchProgress:
+    """`talk --batch` as it goes (a `BatchEvents`): a progress bar of conversations and frames/s on a terminal,
+    a line per conversation written or failed, and a summary."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress = Progress(
+            TextColumn("talk --batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("conversations · {task.fields[fps]} frames/s · batch {task.fields[rows]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self._task: TaskID | None = None
+        self._frames = 0
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> BatchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def started(self, n_conversations: int, batch_size: int) -> None:
+        self._started = time.perf_counter()
+        self._task = self._progress.add_task("batch", total=n_conversations, fps="-", rows=batch_size)
+
+    def failed(self, error: BatchLineError) -> None:
+        self._print(f"error: {error}", style="red")
+
+    def done(self, line: BatchLine, result: OfflineResult) -> None:
+        seconds = len(result.agent_pcm) / SAMPLE_RATE
+        also = f" and {line.transcript}" if line.transcript is not None else ""
+        self._print(f"line {line.number}: wrote {line.out_path} ({seconds:.2f} s){also}")
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+    def ticked(self, n_frames: int) -> None:
+        self._frames += n_frames
+        if self._task is not None:
+            fps = self._frames / max(time.perf_counter() - self._started, 1e-9)
+            self._progress.update(self._task, fps=f"{fps:.1f}")
+
+    def summary(self, summary: BatchSummary) -> None:
+        """The last lines: conversations written, lines failed, frames per second."""
+        failed = ""
+        if summary.failed:
+            failed = f", {len(summary.failed)} failed (line{'s' if len(summary.failed) > 1 else ''} {', '.join(str(n) for n in sorted(e.number for e in summary.failed))})"
+        rate = f"; {summary.frames} frames in {summary.wall_s:.1f} s ({summary.frames / summary.wall_s:.1f} frames/s)" if summary.wall_s else ""
+        self._print(f"{len(summary.written)} conversation{'s' if len(summary.written) != 1 else ''} written{failed}{rate}")
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        self._progress.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from aimsvoice.audio import FRAME_SIZE, SAMPLE_RATE, read_wav, write_wav
 from aimsvoice.bench import builtin_suite_dir
 from aimsvoice.bench.compute import STAGES
 from aimsvoice.bench.randomweights import random_lm
-from aimsvoice.engine import Engine, EngineConfig, load_model
+from aimsvoice.engine import ConversationSpec, Engine, EngineConfig, load_model
 from aimsvoice.engine.tiny import TINY_LM_KWARGS
 from cli_run import run_main
 
@@ -20,33 +20,38 @@ from cli_run import run_main
 def test_compute_json_and_dated_entries(tiny_dir, tmp_path, capsys, monkeypatch) -> None:
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n\n## Someone else's section\n\nkept as it is\n")
-    args = ["bench", "compute", "--model", "tiny", "--frames", "6", "--warmup", "2", "--json", "--append", str(benchmarks)]
+    args = ["bench", "compute", "--model", "tiny", "--frames", "6", "--warmup", "2", "--batch", "1,3", "--json",
+            "--append", str(benchmarks)]
     code, out, err = run_main(args, capsys, monkeypatch)
     assert code == 0, err
     report = json.loads(out)
     assert (report["model"], report["device"], report["frames"], report["warmup_frames"]) == ("tiny", "cpu", 6, 2)
-    stages = report["stages_ms"]
-    assert list(stages) == list(STAGES)
-    for stats in stages.values():
-        assert 0 < stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]
-    total = stages["total"]["mean"]
-    assert sum(stages[s]["mean"] for s in ("encode", "temporal", "depformer", "decode")) <= total * 1.001
-    assert report["real_time_factor"] == pytest.approx(total / 80.0, rel=1e-3)
-    assert report["frames_per_s"] == pytest.approx(1000.0 / total, rel=1e-3)
-    assert report["headroom_ms"]["p99"] == pytest.approx(80.0 - stages["total"]["p99"], abs=1e-3)
-    assert report["keeps_up"] == (stages["total"]["p99"] <= 80.0)
-    assert report["peak_memory"]["kind"] == "peak RSS" and report["peak_memory"]["bytes"] > 100 * 2**20
+    assert [run["batch_size"] for run in report["batches"]] == [1, 3]
+    for run in report["batches"]:
+        stages = run["stages_ms"]
+        assert list(stages) == list(STAGES)
+        for stats in stages.values():
+            assert 0 < stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+        total = stages["total"]["mean"]
+        assert sum(stages[s]["mean"] for s in ("encode", "temporal", "depformer", "decode")) <= total * 1.001
+        assert run["real_time_factor"] == pytest.approx(total / 80.0, rel=1e-3)
+        assert run["per_conversation_ms"] == pytest.approx(total / run["batch_size"], rel=1e-3)
+        assert run["frames_per_s"] == pytest.approx(1000.0 * run["batch_size"] / total, rel=1e-3)
+        assert run["headroom_ms"]["p99"] == pytest.approx(80.0 - stages["total"]["p99"], abs=1e-3)
+        assert run["keeps_up"] == (stages["total"]["p99"] <= 80.0)
+        assert run["peak_memory"]["kind"] == "peak RSS" and run["peak_memory"]["bytes"] > 100 * 2**20
     assert report["machine"]["cpu_cores"] >= 1
 
     code, out, _ = run_main(args[:-3] + ["--append", str(benchmarks)], capsys, monkeypatch)  # the table view
-    assert code == 0 and "depformer" in out and "real time" in out
+    assert code == 0 and "depformer" in out and "real time" in out and "batch sizes side by side" in out
     text = benchmarks.read_text()
     assert text.startswith("# Benchmarks\n\n## Someone else's section\n\nkept as it is\n")
     entries = text.split("\n### ")[1:]
     assert len(entries) == 2
-    assert "`aimsvoice bench compute --model tiny --frames 6 --warmup 2 --json --append" in entries[0]
+    assert "`aimsvoice bench compute --model tiny --frames 6 --warmup 2 --batch 1,3 --json --append" in entries[0]
     for entry in entries:
-        assert "Machine: " in entry and "| depformer |" in entry and "real-time factor" in entry
+        assert "Machine: " in entry and "| 3 | depformer |" in entry and "per conversation ms" in entry
+        assert "real-time factor" in entry
 
 
 def test_turns_json_on_a_small_suite_in_model_time_and_live(tiny_dir, tmp_path, capsys, monkeypatch) -> None:
@@ -84,6 +89,9 @@ def test_bad_flag_combinations_are_one_line_errors(tiny_dir, capsys, monkeypatch
     assert code == 1 and "drop --model" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_main(["bench", "compute", "--model", "tiny", "--frames", "0"], capsys, monkeypatch)
     assert code == 1 and "--frames 0" in err
+    for batch in ("0", "2,x", "1,,2"):
+        code, _, err = run_main(["bench", "compute", "--model", "tiny", "--batch", batch], capsys, monkeypatch)
+        assert code == 1 and f"--batch {batch}" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_main(["bench", "turns", "--model", "tiny", "--suite", "/nonexistent/suite"], capsys, monkeypatch)
     assert code == 1 and "no such suite folder" in err
 
@@ -91,12 +99,15 @@ def test_bad_flag_combinations_are_one_line_errors(tiny_dir, capsys, monkeypatch
 def test_profiled_steps_time_the_temporal_transformer_and_the_depformer(tiny_dir) -> None:
     model = load_model(tiny_dir, device="cpu", dtype="float32")
     frame = np.zeros(FRAME_SIZE, dtype=np.float32)
+    spec = ConversationSpec("NATF0", "Hi.")
     with Engine(model, EngineConfig(device="cpu", profile=True)) as engine:
+        engine.start(spec)
         timings = engine.step(frame).timings_ms
     assert {"encode", "temporal", "depformer", "lm", "decode", "total"} <= set(timings)
     assert 0 < timings["temporal"] and 0 < timings["depformer"]
     assert timings["temporal"] + timings["depformer"] <= timings["lm"]
     with Engine(model, EngineConfig(device="cpu")) as engine:
+        engine.start(spec)
         assert set(engine.step(frame).timings_ms) == {"encode", "lm", "decode", "total"}
 
 

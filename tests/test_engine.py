@@ -10,9 +10,9 @@ import torch
 
 from aimsvoice.audio import FRAME_SIZE, write_wav
 from aimsvoice.engine import (
-    Conditioning, Engine, EngineConfig, PersonaPlexGen, PromptState, SamplingConfig, load_model, load_voice,
+    ConversationSpec, Engine, EngineConfig, PersonaPlexGen, PromptState, SamplingConfig, load_model, load_voice,
 )
-from aimsvoice.engine.loop import AGENT, TEXT, USER
+from aimsvoice.engine.loop import AGENT, TEXT, USER, forcing
 from aimsvoice.engine.prompts import SILENCE_TOKENS, SINE_TOKENS, prompt_cache_path
 
 GREEDY = SamplingConfig(greedy=True)
@@ -35,19 +35,19 @@ def noise_frames(n: int, seed: int = 0) -> list[np.ndarray]:
 
 def test_streaming_logits_equal_full_sequence_forward(model) -> None:
     """(a) Step-by-step logits == one forward of the LMModel over the same delayed sequence."""
-    torch.manual_seed(0)
-    gen = PersonaPlexGen(model.lm, SamplingConfig(), cuda_graphs=False)  # sampling: arbitrary tokens
+    gen = PersonaPlexGen(model.lm, cuda_graphs=False)
     logged: list[tuple[torch.Tensor, torch.Tensor]] = []
     gen.on_logits = lambda text, audio: logged.append((text.clone(), audio.clone()))
     n_steps = 24
     user = user_codes(n_steps)
     frames = []
     with gen.streaming(1):
+        gen._state().sampling.set_row(0, SamplingConfig(), seed=0)  # sampling: arbitrary tokens
         for t in range(n_steps):
             text = torch.tensor([7]) if t in (5, 6) else None  # some forced text in the mix
-            frame, _ = gen.step(user=user[t], text=text)
-            if frame is not None:
-                frames.append(frame)
+            out = gen.step(*forcing(1, model.device, user=user[t], text=text))
+            if out.has_frame[0]:
+                frames.append(out.frames)
     codes = torch.cat(frames, dim=2)  # frames 1..n of the conversation: [1, 17, n]
     n = codes.shape[-1]
     assert n == n_steps - 2 and len(logged) == n_steps - 1
@@ -69,8 +69,7 @@ def test_streaming_logits_equal_full_sequence_forward(model) -> None:
 
 def test_forced_tokens_land_where_forced_and_user_tokens_teacher_force_the_depformer(model) -> None:
     """(b) Forced text/agent/user tokens come out as forced; the depformer is fed the user's tokens."""
-    torch.manual_seed(0)
-    gen = PersonaPlexGen(model.lm, SamplingConfig(), cuda_graphs=False)
+    gen = PersonaPlexGen(model.lm, cuda_graphs=False)
     fed: dict[int, list[int]] = {k: [] for k in range(1, 17)}
     hooks = [
         model.lm.depformer_emb[k - 1].register_forward_hook(
@@ -84,11 +83,12 @@ def test_forced_tokens_land_where_forced_and_user_tokens_teacher_force_the_depfo
     frames = {}
     try:
         with gen.streaming(1):
+            gen._state().sampling.set_row(0, SamplingConfig(), seed=0)
             for t in range(n_steps):
                 text = torch.tensor([forced_text[t]]) if t in forced_text else None
-                frame, _ = gen.step(user=user[t], agent=agent[t] if t < 8 else None, text=text)
-                if frame is not None:
-                    frames[t - 1] = frame[0, :, 0]  # the frame fed at step t-1
+                out = gen.step(*forcing(1, model.device, user=user[t], agent=agent[t] if t < 8 else None, text=text))
+                if out.has_frame[0]:
+                    frames[t - 1] = out.frames[0, :, 0]  # the frame fed at step t-1
     finally:
         for hook in hooks:
             hook.remove()
@@ -111,9 +111,9 @@ def test_forced_tokens_land_where_forced_and_user_tokens_teacher_force_the_depfo
             assert fed[k][step_index] == int(user[p - delays[k], 0, k - 9, 0]), (k, p)
 
 
-def run_engine(model, seed: int | None, frames: list[np.ndarray], greedy: bool = False, voice=None):
-    with Engine(model, EngineConfig(device="cpu", sampling=SamplingConfig(greedy=greedy), seed=seed)) as engine:
-        engine.start(Conditioning(voice or load_voice("NATF2", model.files.directory), "You are a coach."))
+def run_engine(model, seed: int | None, frames: list[np.ndarray], greedy: bool = False, voice: str = "NATF2"):
+    with Engine(model, EngineConfig(device="cpu")) as engine:
+        engine.start(ConversationSpec(voice, "You are a coach.", SamplingConfig(greedy=greedy), seed))
         outs = [engine.step(f) for f in frames]
     return [o.text_token for o in outs], np.concatenate([o.pcm for o in outs])
 
@@ -137,9 +137,9 @@ def test_prompt_state_round_trip_continues_identically(model, tmp_path: Path, mo
 
     voice = load_voice(str(voice_wav), model.files.directory)
     assert voice.audio is not None and voice.state is None
-    first = run_engine(model, 5, frames, voice=voice)  # encodes the audio, caches its state
+    first = run_engine(model, 5, frames, voice=str(voice_wav))  # encodes the audio, caches its state
 
-    with Engine(model, EngineConfig(device="cpu", seed=5)) as engine:
+    with Engine(model, EngineConfig(device="cpu")) as engine:
         cached = prompt_cache_path(voice, engine.prompt_cache_key)
     assert cached.is_file()
     state = PromptState.load(cached)  # weights_only: tensors and nothing else
@@ -148,33 +148,30 @@ def test_prompt_state_round_trip_continues_identically(model, tmp_path: Path, mo
     encodes = []
     real_encode = model.mimi.encode
     monkeypatch.setattr(model.mimi, "encode", lambda x: encodes.append(1) or real_encode(x))
-    second = run_engine(model, 5, frames, voice=voice)  # replays the cached state
+    second = run_engine(model, 5, frames, voice=str(voice_wav))  # replays the cached state
     assert len(encodes) == 4 + len(frames), "warm-up and conversation only: the voice came from the cache"
     monkeypatch.undo()
 
-    from_pt = run_engine(model, 5, frames, voice=load_voice(str(cached), model.files.directory))
+    from_pt = run_engine(model, 5, frames, voice=str(cached))
     assert first[0] == second[0] == from_pt[0]
     assert np.array_equal(first[1], second[1]) and np.array_equal(first[1], from_pt[1])
 
 
 def test_system_prompt_forces_voice_sine_silence_and_text(model) -> None:
     """The prompt phase: voice frames, 0.5 s silence, <system> text </system>, 0.5 s silence."""
-    engine = Engine(model, EngineConfig(device="cpu", sampling=GREEDY))
+    engine = Engine(model, EngineConfig(device="cpu"))
     request_close = engine.close
     seen: list[tuple[list[int], list[int], int]] = []
     real_step = engine.gen.step
 
-    def spy(user=None, agent=None, text=None, embeddings=None):
-        seen.append((
-            [] if user is None else user.flatten().tolist(),
-            [] if agent is None else agent.flatten().tolist(),
-            -1 if text is None else int(text.flatten()[0]),
-        ))
-        return real_step(user=user, agent=agent, text=text, embeddings=embeddings)
+    def spy(tokens, forced, run=None, embeddings=None, replay=None):
+        assert bool(forced[0].all()), "the system prompt forces every channel"
+        seen.append((tokens[0, USER].tolist(), tokens[0, AGENT].tolist(), int(tokens[0, TEXT])))
+        return real_step(tokens, forced, run, embeddings, replay)
 
     engine.gen.step = spy  # type: ignore[method-assign]
     voice = load_voice("NATM1", model.files.directory)
-    engine.start(Conditioning(voice, "Be brief."))
+    engine.start(ConversationSpec("NATM1", "Be brief.", GREEDY))
     request_close()
     n_voice = voice.state.embeddings.shape[0] + 1
     text_ids = model.tokenizer.encode("<system> Be brief. <system>")

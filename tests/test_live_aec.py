@@ -26,12 +26,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aimsvoice import cli, session
+from aimsvoice import cli, live
 from aimsvoice.audio.aec import simulate_echo, speech_like
 from aimsvoice.audio.devices import DuplexAudio
 from aimsvoice.audio.format import FRAME_SIZE, SAMPLE_RATE
 from aimsvoice.engine.loop import StepOut
-from aimsvoice.session import LivePipeline, resolve_aec
+from aimsvoice.audio.aec import EchoCanceller
+from aimsvoice.live import LivePipeline, resolve_aec
 from aimsvoice.ui import AEC_ON_HINT, HEADPHONE_HINT, live_hints, plain_line, render
 from test_live_parts import snapshot
 from virtual_audio import PulseServer, child_env
@@ -117,7 +118,7 @@ def converse(*, aec: bool, timestamps: bool, stall_every: int) -> tuple[np.ndarr
     devices = EchoDevices(audio, timestamps=timestamps)
     speech = speech_like(int((SECONDS + 1) * SAMPLE_RATE), np.random.default_rng(1))
     engine = TalkingEngine(speech, devices.advance, stall_every)
-    pipeline = LivePipeline(engine, audio, aec=session.EchoCanceller() if aec else None)
+    pipeline = LivePipeline(engine, audio, aec=EchoCanceller() if aec else None)
     while devices.now_ms < SECONDS * 1000:
         pipeline.pump()
         if not pipeline.step():
@@ -192,10 +193,10 @@ def test_aec_default_follows_the_output_device_unless_the_flag_says(flag, device
 @pytest.mark.parametrize(("args", "expected"), [([], None), (["--aec"], True), (["--no-aec"], False)])
 def test_talk_passes_aec_to_the_live_session(monkeypatch: pytest.MonkeyPatch, args: list[str], expected) -> None:
     calls: list[dict] = []
-    monkeypatch.setattr(session, "talk_on_devices", lambda settings, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(live, "talk_on_devices", lambda settings, config, view: calls.append(config))
     result = CliRunner().invoke(cli.app, ["talk", "--model", "tiny", *args])
     assert result.exit_code == 0, result.output
-    assert calls[0]["aec"] is expected
+    assert calls[0].aec is expected
 
 
 def test_aec_is_for_live_conversations(tmp_path: Path) -> None:

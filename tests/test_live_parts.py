@@ -16,7 +16,7 @@ from aimsvoice.audio import devices as audio_devices
 from aimsvoice.audio.devices import DeviceInfo, DuplexAudio, RateConverter, match_device, stream_format
 from aimsvoice.audio.recorder import Recorder
 from aimsvoice.errors import AudioDeviceError
-from aimsvoice.session import LiveSnapshot, LiveSummary, level_dbfs
+from aimsvoice.live import LiveSnapshot, LiveSummary, level_dbfs
 from aimsvoice.ui import HEADPHONE_HINT, LiveView, devices_table, plain_line, render, summary_lines
 
 DEVICES = [

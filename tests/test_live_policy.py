@@ -14,7 +14,7 @@ import pytest
 from aimsvoice.audio.devices import AudioConfig, DuplexAudio
 from aimsvoice.audio.format import FRAME_SIZE, SAMPLE_RATE
 from aimsvoice.audio.latency import CROSSFADE_SIZE, SEGMENT_SIZE, LatencyGovernor, shed_quietest
-from aimsvoice.session import LivePipeline
+from aimsvoice.live import LivePipeline
 from virtual_audio import PassThroughEngine, StallingEngine
 
 BLOCK = 480  # samples per simulated callback (20 ms)

@@ -387,11 +387,14 @@ def _play(args: dict[str, Any]) -> None:
 
 
 def _live(args: dict[str, Any]) -> None:
-    """Run session.talk_live with a test engine; write the summary (with trace) to `summary`.
+    """Run live.talk_live with a test engine; write the summary (with trace) to `summary`.
 
-    `device_rate` makes both streams open at that rate instead of 24 kHz (resampled).
+    `device_rate` makes both streams open at that rate instead of 24 kHz (resampled); `ui` shows
+    the view as the CLI does (plain lines off a terminal).
     """
-    from aimsvoice.session import talk_live
+    from aimsvoice.audio.devices import AudioConfig
+    from aimsvoice.live import LiveConfig, talk_live
+    from aimsvoice.ui import LiveView
 
     device_rate = args.pop("device_rate", None)
     if device_rate:  # as if the devices could not run at 24 kHz
@@ -404,7 +407,10 @@ def _live(args: dict[str, Any]) -> None:
     args.setdefault("aec", False)  # "aimsvoice_speaker" would turn it on by default; AEC tests ask for it
     if args.get("record"):
         args["record"] = Path(args["record"])
-    summary = talk_live(engine, persona_name="test", **args)
+    audio_keys = ("input_device", "output_device", "input_backlog_frames", "playback_queue_frames")
+    audio = AudioConfig(**{key: args.pop(key) for key in audio_keys if key in args})
+    view = LiveView(rich=args.pop("ui", True))
+    summary = talk_live(engine, persona_name="test", config=LiveConfig(audio=audio, **args), view=view)
     if summary_path:
         document = {
             **summary.to_json(),

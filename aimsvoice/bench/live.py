@@ -31,8 +31,8 @@ import numpy as np
 
 from ..audio.devices import BLOCK_MS, AudioConfig, DuplexAudio
 from ..audio.format import SAMPLE_RATE
-from ..engine import StepOut
-from ..session import POLL_S, FrameEngine, LivePipeline
+from ..engine.contract import FrameEngine, StepOut
+from ..live import POLL_S, LivePipeline
 
 BLOCK = SAMPLE_RATE * BLOCK_MS // 1000  # samples per callback
 

@@ -29,11 +29,17 @@ def describe_machine(device: torch.device, load_average_1min: float) -> dict[str
 
 
 def peak_memory(device: torch.device) -> tuple[str, int]:
-    """("cuda max allocated" | "peak RSS", bytes): the process's high-water mark so far."""
+    """("cuda max allocated" | "peak RSS", bytes): the high-water mark since `reset_peak_memory` (CUDA) or the process start."""
     if device.type == "cuda":
         return "cuda max allocated", int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return "peak RSS", int(rss if sys.platform == "darwin" else rss * 1024)  # macOS reports bytes, Linux KiB
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new high-water mark on CUDA (the process's peak RSS cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _cpu_model() -> str:

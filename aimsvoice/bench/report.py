@@ -10,7 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .compute import STAGES, ComputeReport
+from .compute import STAGES, BatchRun, ComputeReport
 from .suite import INTERRUPTION, PAUSE, TURN_TAKING
 from .turns import METHOD, REFERENCE, SampleResult, TurnsReport, summarize
 
@@ -33,25 +33,49 @@ TASK_METRICS = {
 
 
 def compute_view(report: ComputeReport) -> RenderableType:
-    """Per-stage percentiles, then the real-time verdict and memory."""
-    table = Table(title=f"compute per 80 ms frame: {report.model}, {report.device}, {report.dtype}", title_justify="left")
-    table.add_column("stage")
-    for column in ("p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"):
-        table.add_column(column, justify="right")
-    for stage in STAGES:
-        s = report.stages[stage]
-        table.add_row(stage, *(f"{v:.2f}" for v in (s.p50, s.p95, s.p99, s.max, s.mean)))
-    return Group(table, Text(_compute_summary(report)))
+    """Per batch size, per-stage percentiles of a tick; then the batch sizes side by side, and the verdicts."""
+    parts: list[RenderableType] = []
+    for run in report.runs:
+        title = f"compute per 80 ms tick, batch {run.batch_size}: {report.model}, {report.device}, {report.dtype}"
+        table = Table(title=title, title_justify="left")
+        table.add_column("stage")
+        for column in ("p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"):
+            table.add_column(column, justify="right")
+        for stage in STAGES:
+            s = run.stages[stage]
+            table.add_row(stage, *(f"{v:.2f}" for v in (s.p50, s.p95, s.p99, s.max, s.mean)))
+        parts.append(table)
+    if len(report.runs) > 1:
+        table = Table(title="batch sizes side by side", title_justify="left")
+        for column in BATCH_COLUMNS:
+            table.add_column(column, justify="right")
+        for run in report.runs:
+            table.add_row(*_batch_cells(run))
+        parts.append(table)
+    parts.append(Text(_compute_summary(report)))
+    return Group(*parts)
+
+
+BATCH_COLUMNS = ("batch", "tick p50 ms", "tick p99 ms", "per conversation ms", "real-time factor", "frames/s", "memory GiB")
+
+
+def _batch_cells(run: BatchRun) -> tuple[str, ...]:
+    total = run.stages["total"]
+    return (str(run.batch_size), f"{total.p50:.2f}", f"{total.p99:.2f}", f"{run.per_conversation_ms:.2f}",
+            f"{run.real_time_factor:.3f}", f"{run.frames_per_s:.1f}", f"{run.peak_memory_bytes / 2**30:.2f}")
 
 
 def _compute_summary(report: ComputeReport) -> str:
-    headroom = report.to_json()["headroom_ms"]
-    return (
-        f"{report.frames} frames after {report.warmup} warm-up frames (model ready in {report.load_s:.1f} s): "
-        f"real-time factor {report.real_time_factor:.3f}, {report.frames_per_s:.1f} frames/s, headroom "
-        f"{headroom['p50']:.1f} ms (p50) / {headroom['p99']:.1f} ms (p99) of the {report.budget_ms:.0f} ms budget, "
-        f"{report.memory_kind} {report.peak_memory_bytes / 2**30:.2f} GiB.\nVerdict: {report.verdict()}."
-    )
+    lines = [f"{report.frames} ticks per batch size after {report.warmup} warm-up ticks (model ready in {report.load_s:.1f} s); "
+             f"memory is the {report.runs[0].memory_kind}."]
+    for run in report.runs:
+        headroom = run.to_json()["headroom_ms"]
+        lines.append(
+            f"Batch {run.batch_size}: real-time factor {run.real_time_factor:.3f}, {run.per_conversation_ms:.2f} ms per "
+            f"conversation, headroom {headroom['p50']:.1f} ms (p50) / {headroom['p99']:.1f} ms (p99) of the "
+            f"{run.budget_ms:.0f} ms budget. Verdict: {run.verdict()}."
+        )
+    return "\n".join(lines)
 
 
 def turns_view(report: TurnsReport) -> RenderableType:
@@ -126,12 +150,16 @@ def _format(value: Any, key: str, samples: int | None) -> str:
 
 
 def markdown_compute(report: ComputeReport, command: str) -> str:
-    """A dated BENCHMARKS.md entry: command, machine, per-stage table, verdict."""
-    lines = [_heading(command), "", _machine_line(report.machine), ""]
-    lines += ["| stage | p50 ms | p95 ms | p99 ms | max ms | mean ms |", "|---|---:|---:|---:|---:|---:|"]
-    for stage in STAGES:
-        s = report.stages[stage]
-        lines.append(f"| {stage} | " + " | ".join(f"{v:.2f}" for v in (s.p50, s.p95, s.p99, s.max, s.mean)) + " |")
+    """A dated BENCHMARKS.md entry: command, machine, per-stage table of each batch size, batch sizes, verdicts."""
+    lines = [_heading(command), "", _machine_line(report.machine), "",
+             f"{report.model}, {report.device}, {report.dtype}.", ""]
+    lines += ["| batch | stage | p50 ms | p95 ms | p99 ms | max ms | mean ms |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for run in report.runs:
+        for stage in STAGES:
+            s = run.stages[stage]
+            lines.append(f"| {run.batch_size} | {stage} | " + " | ".join(f"{v:.2f}" for v in (s.p50, s.p95, s.p99, s.max, s.mean)) + " |")
+    lines += ["", "| " + " | ".join(BATCH_COLUMNS) + " |", "|" + "---:|" * len(BATCH_COLUMNS)]
+    lines += ["| " + " | ".join(_batch_cells(run)) + " |" for run in report.runs]
     lines += ["", _compute_summary(report).replace("\n", " "), ""]
     return "\n".join(lines)
 

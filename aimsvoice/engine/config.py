@@ -1,4 +1,4 @@
-"""Engine settings: where and how the model runs, and how it samples."""
+"""Engine settings: where and how the model runs; and how a conversation samples."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ TOPK_AUDIO = 250
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling of text and audio tokens; `greedy` takes the argmax everywhere."""
+    """How a conversation samples text and audio tokens; `greedy` takes the argmax everywhere.
+
+    A temperature of 0 is greedy too; a top-k of 0 or less keeps every candidate.
+    """
 
     greedy: bool = False
     temp_text: float = TEMP_TEXT
@@ -29,14 +32,11 @@ class EngineConfig:
     device: "auto" (CUDA when available), "cuda" or "cpu".
     dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16" or "float32"; Mimi always runs
         in float32, as in the reference.
-    seed: seeds torch's generators before warm-up, for reproducible sampling; None leaves them.
     cuda_graphs: capture the LM and depformer steps as CUDA graphs (CUDA only), as moshi does.
     profile: synchronize the device between stages so per-stage timings are exact (slower).
     """
 
     device: str = "auto"
     dtype: str = "auto"
-    sampling: SamplingConfig = SamplingConfig()
-    seed: int | None = None
     cuda_graphs: bool = True
     profile: bool = False

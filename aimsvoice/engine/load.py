@@ -132,6 +132,17 @@ def read_model_files(directory: Path) -> ModelFiles:
     return ModelFiles(directory, lm, mimi, tokenizer, mimi_config, lm_kwargs)
 
 
+def check_model(directory: Path, voices: tuple[str, ...] = ()) -> ModelFiles:
+    """What can be checked before loading: the model's files are there, and these voices resolve."""
+    from .prompts import resolve_voice
+
+    files = read_model_files(directory)
+    for voice in voices:
+        if voice:
+            resolve_voice(voice, files.directory)
+    return files
+
+
 def fingerprint(files: ModelFiles) -> str:
     """A cheap identity of the weights: config, sizes, and the head and tail of each weight file."""
     digest = hashlib.sha256(json.dumps(files.lm_kwargs, sort_keys=True).encode())

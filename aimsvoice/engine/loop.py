@@ -1,18 +1,26 @@
-"""The PersonaPlex step loop: one 80 ms frame per step, on moshi's LMModel and MimiModel.
+"""The PersonaPlex step loop: one 80 ms frame per step for B conversations at once, on moshi's models.
 
-Two layers, both explicit streaming state in moshi's style:
+Two layers, both explicit streaming state in moshi's style, batched over conversation rows:
 
 - `PersonaPlexGen` is the token-level loop. Its state holds a small cyclic token cache of shape
-  [B, K=17, C] (text, 8 agent codebooks, 8 user codebooks) with per-codebook delays, and a mask of
-  the tokens that were forced rather than sampled. Each step writes the forced tokens of the new
-  frame at `offset + delay`, runs the temporal transformer on the column at `offset - 1`, samples
-  the text token and then the 16 audio codebooks with the depformer, where every forced token
-  (the user's 8 codebooks during a conversation; everything during the system prompt) replaces
-  the sampled one as the next depformer input (teacher forcing). It returns the undelayed frame
-  at `offset - 1` once the delays are filled.
-- `Engine` wraps it with Mimi: PCM frame in -> user codes -> step -> agent codes -> PCM frame out,
-  and runs the persona's system prompt: voice prompt, 0.5 s silence, `<system> text <system>`
-  one token per step, 0.5 s silence.
+  [B, K=17, C] (text, 8 agent codebooks, 8 user codebooks) with per-codebook delays, a mask of the
+  tokens that were forced rather than sampled, and each row's offset (the steps it has taken since
+  it started). Each step writes a row's forced tokens of its new frame at `offset + delay`, runs
+  the temporal transformer on the column at `offset - 1`, samples the text token and then the 16
+  audio codebooks with the depformer, where every forced token (the user's 8 codebooks during a
+  conversation; everything during the system prompt) replaces the sampled one as the next
+  depformer input (teacher forcing). It returns each row's undelayed frame at `offset - 1` once
+  that row's delays are filled.
+- `PersonaPlexBatch` wraps it with Mimi and runs each row's script: first its system prompt
+  (voice prompt, 0.5 s silence, `<system> text <system>` one token per step, 0.5 s silence), one
+  step per tick, then the conversation: PCM frame in -> user codes -> step -> agent codes -> PCM
+  frame out. `Engine` is one conversation on a batch of one.
+
+Rows are independent: a row that does not step in a tick keeps its state (moshi's exec masks on
+the LM's KV cache and Mimi's convolution states, and our offsets and cache), a row starts with a
+reset of its own state only (`reset_streaming(mask)`), and each row samples with its own settings
+and random generator (sampling.py). What a row produces therefore does not depend on its
+neighbours nor on the tick it joined; only the batch size can change float rounding.
 
 The order of operations (warm-up, streaming resets, the frame dropped at offset 0, the output
 frame alignment) follows NVIDIA's PersonaPlex reference so that greedy decoding gives the same
@@ -23,9 +31,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -33,10 +43,11 @@ from moshi.models.compression import MimiModel
 from moshi.models.lm import LMModel
 from moshi.modules.streaming import State, StreamingModule
 from moshi.utils.compile import CUDAGraphed
-from moshi.utils.sampling import sample_token
 
 from ..audio.format import FRAME_RATE, FRAME_SIZE
-from .config import EngineConfig, SamplingConfig
+from ..errors import VoiceNotFoundError
+from .config import EngineConfig
+from .contract import ConversationSpec, SoloEngine, StepOut
 from .load import AGENT_CODEBOOKS, LoadedModel
 from .prompts import (
     SILENCE_SECONDS,
@@ -45,9 +56,11 @@ from .prompts import (
     TEXT_PAD,
     PromptState,
     VoicePrompt,
+    load_voice,
     prompt_cache_path,
     wrap_system_tags,
 )
+from .sampling import BatchSampling, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +69,7 @@ AGENT = slice(1, 1 + AGENT_CODEBOOKS)  # channels of the agent's codebooks
 USER = slice(1 + AGENT_CODEBOOKS, 1 + 2 * AGENT_CODEBOOKS)  # channels of the user's codebooks
 WARMUP_FRAMES = 4
 SILENCE_FRAMES = int(SILENCE_SECONDS * FRAME_RATE)
+VOICE_MEMORY = 32  # voices kept loaded by a batch engine, most recently used
 
 LogitsHook = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -65,10 +79,11 @@ class _GenState(State):
     cache: torch.Tensor  # [B, K, C] long: tokens by codebook and cyclic position
     forced: torch.Tensor  # [B, K, C] bool: which cache entries were forced, not sampled
     initial: torch.Tensor  # [1, K, 1]: the start-of-sequence token of each codebook
-    delays: torch.Tensor  # [K] long: each codebook's delay in steps
+    sampling: BatchSampling
     graphed_main: CUDAGraphed
-    graphed_depth: CUDAGraphed
-    offset: int = 0
+    graphed_depth: dict[tuple[bool, int], CUDAGraphed]  # by the noise's width (0: all rows greedy)
+    offsets: np.ndarray  # [B] int64: steps each row has taken since its reset
+    lm_exec: np.ndarray | None = None  # the exec mask the LM has, when known
     exit_stack: ExitStack = field(default_factory=ExitStack)
     reset_lm: Callable[[torch.Tensor], None] | None = None
 
@@ -76,10 +91,12 @@ class _GenState(State):
         # The cache keeps its values, as in the reference: every entry is forced or sampled
         # before it is read again.
         super().reset(reset_mask)
-        self.offset = 0
-        self.forced.fill_(False)
+        rows = reset_mask.cpu().numpy()
+        self.offsets[rows] = 0
+        self.forced[reset_mask] = False
         if self.reset_lm is not None:
             self.reset_lm(reset_mask)
+        self.lm_exec = None  # a reset enables its rows again
 
     def __enter__(self) -> None:
         self.exit_stack.__enter__()
@@ -88,41 +105,69 @@ class _GenState(State):
         self.exit_stack.__exit__(*exc)
 
 
-class PersonaPlexGen(StreamingModule[_GenState]):
-    """Token-level full-duplex generation with forceable text, agent and user channels."""
+@dataclass
+class GenStep:
+    """What one token-level step gave, per row."""
 
-    def __init__(
-        self, lm: LMModel, sampling: SamplingConfig = SamplingConfig(), cuda_graphs: bool = True, profile: bool = False,
-    ):
+    frames: torch.Tensor  # [B, K, 1]: the undelayed frame of `offset - 1` (valid where `has_frame`)
+    has_frame: np.ndarray  # [B] bool
+    embeddings: torch.Tensor | None  # [B, 1, dim]: the input embeddings used (None if no row ran the LM)
+    ran_lm: np.ndarray  # [B] bool: rows whose step ran the transformer (not their first, at offset 0)
+
+
+def forcing(
+    batch_size: int, device: torch.device, *,
+    user: torch.Tensor | None = None, agent: torch.Tensor | None = None, text: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B, K] and mask [B, K] that force these channels on every row.
+
+    user, agent: [B, 8] or [B, 8, 1] codes; text: [B] token ids; None leaves a channel to the model.
+    """
+    tokens = torch.zeros(batch_size, 1 + 2 * AGENT_CODEBOOKS, dtype=torch.long, device=device)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    for channels, values in ((USER, user), (AGENT, agent), (TEXT, text)):
+        if values is not None:
+            tokens[:, channels] = values.reshape(batch_size, -1).squeeze(-1) if channels == TEXT else values.reshape(batch_size, -1)
+            mask[:, channels] = True
+    return tokens, mask
+
+
+class PersonaPlexGen(StreamingModule[_GenState]):
+    """Token-level full-duplex generation for B rows, with forceable text, agent and user channels."""
+
+    def __init__(self, lm: LMModel, cuda_graphs: bool = True, profile: bool = False):
         assert not lm.training, "generation needs an LM in eval mode"
         super().__init__()
         assert lm.dep_q == lm.n_q == 2 * AGENT_CODEBOOKS, (lm.n_q, lm.dep_q)
         self.lm = lm
         self.lm.set_streaming_detached(True)
-        self.sampling = sampling
         self.cuda_graphs = cuda_graphs
         self.profile = profile  # time the temporal transformer and the depformer (device-synchronized)
         self.stage_ms: dict[str, float] = {}  # with profile: the last step's "temporal" and "depformer"
-        self.delays = list(lm.delays)
-        self.max_delay = max(self.delays)
+        self.delays = np.array(lm.delays, dtype=np.int64)
+        self.max_delay = int(self.delays.max())
         self.on_logits: LogitsHook | None = None  # (text [B, 1, 1, Ct], audio [B, 16, card]) per step
 
     def _init_streaming_state(self, batch_size: int) -> _GenState:
         lm = self.lm
         device = lm.device
         shape = (batch_size, lm.num_codebooks, self.max_delay + 3)
-        cache = torch.full(shape, lm.ungenerated_token_id, device=device, dtype=torch.long)
-        forced = torch.zeros(shape, device=device, dtype=torch.bool)
-        disable = device.type != "cuda" or not self.cuda_graphs
         state = _GenState(
-            batch_size, device, cache, forced, lm._get_initial_token(),
-            torch.tensor(self.delays, device=device, dtype=torch.long),
-            CUDAGraphed(self._forward_main, disable=disable),
-            CUDAGraphed(self._depformer_step, disable=disable),
+            batch_size, device,
+            cache=torch.full(shape, lm.ungenerated_token_id, device=device, dtype=torch.long),
+            forced=torch.zeros(shape, device=device, dtype=torch.bool),
+            initial=lm._get_initial_token(),
+            sampling=BatchSampling(batch_size, lm.text_card, lm.card, device),
+            graphed_main=CUDAGraphed(self._forward_main, disable=self._graphs_off(device)),
+            graphed_depth={},
+            offsets=np.zeros(batch_size, dtype=np.int64),
         )
         state.exit_stack.enter_context(lm.streaming(batch_size))
         state.reset_lm = lm.reset_streaming
         return state
+
+    def _graphs_off(self, device: torch.device) -> bool:
+        return device.type != "cuda" or not self.cuda_graphs
 
     # -- model pieces -------------------------------------------------------------------------
 
@@ -144,276 +189,371 @@ class PersonaPlexGen(StreamingModule[_GenState]):
 
     def _depformer_step(
         self, text_token: torch.Tensor, transformer_out: torch.Tensor,
-        forced_audio: torch.Tensor, is_forced: torch.Tensor,
+        forced_audio: torch.Tensor, is_forced: torch.Tensor, noise: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the 16 audio codebooks; a forced token replaces the sample as the next input."""
-        lm, s = self.lm, self.sampling
+        """Sample the 16 audio codebooks; a forced token replaces the sample as the next input.
+
+        noise: [B, 16, W] Exp(1) noise of the sampled rows (None: every row greedy).
+        """
+        lm = self.lm
+        stream = self._state().sampling.audio
         batch = text_token.shape[0]
         prev = text_token
         tokens, logits_all = [], []
         with lm.depformer.streaming(batch):
             for cb in range(lm.dep_q):
                 logits = lm.forward_depformer(cb, prev[:, None, None], transformer_out)
-                token = sample_token(logits.float(), not s.greedy, s.temp_audio, s.topk_audio)[:, 0, 0]
+                token = sample_rows(logits[:, 0, 0], stream, None if noise is None else noise[:, cb])
                 prev = torch.where(is_forced[:, cb], forced_audio[:, cb], token)
                 tokens.append(token)
                 logits_all.append(logits[:, 0, 0])
         return torch.stack(tokens, dim=1), torch.stack(logits_all, dim=1)
 
-    # -- the step -----------------------------------------------------------------------------
+    def _graphed_depth(self, width: int) -> CUDAGraphed:
+        state = self._state()
+        key = (width > 0, width)
+        if key not in state.graphed_depth:
+            state.graphed_depth[key] = CUDAGraphed(self._depformer_step, disable=self._graphs_off(state.device))
+        return state.graphed_depth[key]
 
-    def _force(self, state: _GenState, channels: slice | int, tokens: torch.Tensor | None) -> None:
-        """Write forced tokens of the frame at `offset` into the cache, each at its delay."""
-        if tokens is None:
-            return
-        first = channels.start if isinstance(channels, slice) else channels
-        tokens = tokens.reshape(tokens.shape[0], -1)
-        size = state.cache.shape[-1]
-        for i in range(tokens.shape[1]):
-            k = first + i
-            position = (state.offset + self.delays[k]) % size
-            state.cache[:, k, position] = tokens[:, i]
-            state.forced[:, k, position] = True
+    def _state(self) -> _GenState:
+        state = self._streaming_state
+        if state is None:
+            raise RuntimeError("PersonaPlexGen needs streaming mode: `with gen.streaming(batch_size): ...`")
+        return state
+
+    # -- the step -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(
         self,
-        user: torch.Tensor | None = None,
-        agent: torch.Tensor | None = None,
-        text: torch.Tensor | None = None,
+        tokens: torch.Tensor,
+        forced: torch.Tensor,
+        run: np.ndarray | None = None,
         embeddings: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Advance one frame.
+        replay: np.ndarray | None = None,
+    ) -> GenStep:
+        """Advance the rows in `run` (default: all) by one frame; the other rows keep their state.
 
-        user, agent: [B, 8, 1] codes to force on those channels (None: the model samples them).
-        text: [B] text token to force (None: sampled).
-        embeddings: [B, 1, dim] input embedding to use instead of embedding the cache (replay of
-            a saved voice prompt).
-        Returns (frame, embeddings): the undelayed frame [B, 17, 1] of `offset - 1` (None until
-        the delays are filled) and the input embedding used at this step (None at offset 0).
+        tokens, forced: [B, K] tokens of the new frame and which of them to force (`forcing`
+            builds them); the others are the model's to sample.
+        embeddings, replay: [B, 1, dim] input embeddings to use instead of embedding the cache on
+            the rows where `replay` [B] is set (replay of a saved voice prompt).
         """
-        state = self._streaming_state
-        if state is None:
-            raise RuntimeError("PersonaPlexGen.step() needs streaming mode: `with gen.streaming(1): ...`")
-        cache, forced = state.cache, state.forced
-        size = cache.shape[-1]
-        self._force(state, USER, user)
-        self._force(state, AGENT, agent)
-        self._force(state, TEXT, text)
-        for k, delay in enumerate(self.delays):
-            if state.offset <= delay:  # nothing real precedes a delayed codebook yet
-                cache[:, k, state.offset % size] = state.initial[:, k, 0]
-                forced[:, k, state.offset % size] = True
-        if state.offset == 0:
-            # The first column is the start token everywhere; this frame's forced tokens at
-            # delay 0 are dropped, as in the reference.
-            cache[:, :, 0] = state.initial[:, :, 0]
-            state.offset = 1
-            return None, None
+        state = self._state()
+        cache, offsets = state.cache, state.offsets
+        batch, size = cache.shape[0], cache.shape[-1]
+        device = cache.device
+        run = np.ones(batch, dtype=bool) if run is None else np.asarray(run, dtype=bool)
+        run_t = torch.from_numpy(run).to(device)
 
-        source = (state.offset - 1) % size
-        target = state.offset % size
+        # Forced tokens of the frame at `offset`, each at its delay; nothing real precedes a
+        # delayed codebook yet where `offset <= delay`, so those columns hold the start token.
+        positions = torch.from_numpy((offsets[:, None] + self.delays[None, :]) % size).to(device)
+        forcing_now = forced & run_t[:, None]
+        _scatter(cache, positions, tokens, forcing_now)
+        _scatter(state.forced, positions, True, forcing_now)
+        starting = torch.from_numpy(offsets[:, None] <= self.delays[None, :]).to(device) & run_t[:, None]
+        here = torch.from_numpy(np.repeat((offsets % size)[:, None], len(self.delays), axis=1)).to(device)
+        _scatter(cache, here, state.initial[:, :, 0].expand(batch, -1), starting)
+        _scatter(state.forced, here, True, starting)
+
+        # A row's first step (offset 0) stops there, as in the reference: its frame's tokens at
+        # delay 0 are dropped, and the LM does not run.
+        ran_lm = run & (offsets > 0)
+        lm_rows = np.flatnonzero(ran_lm).tolist()
+        if not lm_rows:
+            offsets[run] += 1
+            return GenStep(cache[:, :, :1], np.zeros(batch, dtype=bool), None, ran_lm)
+        if state.lm_exec is None or not np.array_equal(state.lm_exec, ran_lm):
+            self.lm.set_exec_mask(torch.from_numpy(ran_lm))
+            state.lm_exec = ran_lm.copy()
+
+        source = torch.from_numpy((offsets - 1) % size).to(device).view(batch, 1, 1).expand(-1, cache.shape[1], 1)
+        target = torch.from_numpy(offsets % size).to(device).view(batch, 1, 1).expand(-1, cache.shape[1], 1)
         if self.profile:
             self._sync()
             t0 = time.perf_counter()
-        if embeddings is None:
-            embeddings = self.embed(cache[:, :, source : source + 1])
+        replaying = replay is not None and bool(np.all(replay[ran_lm]))
+        if not replaying:
+            computed = self.embed(cache.gather(2, source))
+            embeddings = computed if replay is None else torch.where(torch.from_numpy(replay).to(device)[:, None, None], embeddings, computed)
+        assert embeddings is not None
         transformer_out, text_logits = state.graphed_main(embeddings)
         if self.profile:
             self._sync()
             t1 = time.perf_counter()
 
-        s = self.sampling
-        sampled_text = sample_token(text_logits.float(), not s.greedy, s.temp_text, s.topk_text)[:, 0, 0]
-        text_in = torch.where(forced[:, TEXT, target], cache[:, TEXT, target], sampled_text)
-        audio, audio_logits = state.graphed_depth(
-            text_in, transformer_out, cache[:, 1:, target], forced[:, 1:, target])
+        sampling = state.sampling
+        text_noise = sampling.noise(sampling.text, lm_rows, 1)
+        sampled_text = sample_rows(text_logits[:, 0, 0], sampling.text, None if text_noise is None else text_noise[:, 0])
+        at_target = cache.gather(2, target)[:, :, 0]  # [B, K]
+        forced_at_target = state.forced.gather(2, target)[:, :, 0]
+        text_in = torch.where(forced_at_target[:, TEXT], at_target[:, TEXT], sampled_text)
+        audio_noise = sampling.noise(sampling.audio, lm_rows, self.lm.dep_q)
+        audio, audio_logits = self._graphed_depth(0 if audio_noise is None else audio_noise.shape[-1])(
+            text_in, transformer_out, at_target[:, 1:], forced_at_target[:, 1:], audio_noise)
         if self.profile:
             self._sync()
             self.stage_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (time.perf_counter() - t1) * 1e3}
         if self.on_logits is not None:
             self.on_logits(text_logits, audio_logits)
 
-        forced[:, :, source] = False
-        cache[:, TEXT, target] = torch.where(forced[:, TEXT, target], cache[:, TEXT, target], sampled_text)
-        cache[:, 1:, target] = torch.where(forced[:, 1:, target], cache[:, 1:, target], audio)
+        ran_t = torch.from_numpy(ran_lm).to(device)[:, None].expand_as(at_target)
+        _scatter(state.forced, source[:, :, 0], False, ran_t)
+        generated = torch.cat([sampled_text[:, None], audio], dim=1)
+        _scatter(cache, target[:, :, 0], torch.where(forced_at_target, at_target, generated), ran_t)
 
-        if state.offset <= self.max_delay:
-            state.offset += 1
-            return None, embeddings
-        index = ((state.offset - self.max_delay + state.delays) % size).view(1, -1, 1).expand(cache.shape[0], -1, 1)
-        state.offset += 1
-        return cache.gather(dim=2, index=index), embeddings
+        has_frame = ran_lm & (offsets > self.max_delay)
+        index = torch.from_numpy((offsets[:, None] - self.max_delay + self.delays[None, :]) % size).to(device)
+        offsets[run] += 1
+        return GenStep(cache.gather(2, index[:, :, None]), has_frame, embeddings, ran_lm)
 
     def _sync(self) -> None:
         if self.lm.device.type == "cuda":
             torch.cuda.synchronize()
 
-    # -- system prompt pieces -----------------------------------------------------------------
-
-    def step_voice_codes(self, codes: Iterator[torch.Tensor]) -> PromptState:
-        """Voice prompt from Mimi codes: agent forced to the voice, text to PAD, user to the sine.
-
-        Returns the prompt state it leaves, to be saved and replayed instead next time.
-        """
-        sine = self._tokens(SINE_TOKENS)
-        pad = torch.full((1,), TEXT_PAD, dtype=torch.long, device=self.lm.device)
-        embeddings = []
-        for frame in codes:
-            _, emb = self.step(user=sine, agent=frame, text=pad)
-            if emb is not None:
-                embeddings.append(emb.detach().clone())
-        state = self._streaming_state
-        assert state is not None
-        return PromptState(torch.stack(embeddings, dim=0), state.cache.clone())
-
-    def replay_voice_state(self, prompt: PromptState) -> None:
-        """Voice prompt from a saved state: replay its embeddings, then restore its token cache."""
-        state = self._streaming_state
-        assert state is not None
-        lm = self.lm
-        start = lm._get_initial_token()
-        pad = torch.full((1,), TEXT_PAD, dtype=torch.long, device=lm.device)
-        embeddings = prompt.embeddings.to(device=lm.device, dtype=lm.dtype)
-        if state.offset == 0:  # the dropped first frame, as when the prompt was recorded
-            self.step(user=start[:, USER], agent=start[:, AGENT], text=pad)
-        for emb in embeddings:
-            self.step(user=start[:, USER], agent=start[:, AGENT], text=pad, embeddings=emb)
-        if prompt.cache.shape != state.cache.shape:
-            raise ValueError(f"prompt state cache {tuple(prompt.cache.shape)} does not fit {tuple(state.cache.shape)}")
-        state.cache.copy_(prompt.cache)
-
-    def step_silence(self, n_frames: int = SILENCE_FRAMES) -> None:
-        """Spacer: agent silent, text PAD, user channels hearing the sine."""
-        sine, silence = self._tokens(SINE_TOKENS), self._tokens(SILENCE_TOKENS)
-        pad = torch.full((1,), TEXT_PAD, dtype=torch.long, device=self.lm.device)
-        for _ in range(n_frames):
-            self.step(user=sine, agent=silence, text=pad)
-
-    def step_text_prompt(self, tokens: list[int]) -> None:
-        """The text prompt, one token per step, over a silent agent and the sine."""
-        sine, silence = self._tokens(SINE_TOKENS), self._tokens(SILENCE_TOKENS)
-        for token in tokens:
-            self.step(user=sine, agent=silence, text=torch.tensor([token], device=self.lm.device))
-
-    def _tokens(self, ids: tuple[int, ...]) -> torch.Tensor:
-        return torch.tensor(ids, dtype=torch.long, device=self.lm.device).view(1, -1, 1)
+    def tokens(self, ids: tuple[int, ...] | list[int]) -> torch.Tensor:
+        """Token ids as a tensor on the model's device."""
+        return torch.tensor(ids, dtype=torch.long, device=self.lm.device)
 
 
-@dataclass(frozen=True)
-class Conditioning:
-    """A persona as the model takes it: a voice prompt and a text prompt."""
-
-    voice: VoicePrompt
-    text_prompt: str
+def _scatter(tensor: torch.Tensor, positions: torch.Tensor, values: torch.Tensor | bool, where: torch.Tensor) -> None:
+    """tensor[b, k, positions[b, k]] = values[b, k] where `where` [B, K] is set (tensor [B, K, C])."""
+    index = positions[:, :, None]
+    old = tensor.gather(2, index)[:, :, 0]
+    new = torch.full_like(old, values) if isinstance(values, bool) else values
+    tensor.scatter_(2, index, torch.where(where, new, old)[:, :, None])
 
 
 @dataclass
-class StepOut:
-    """What one 80 ms step of the engine produced."""
+class _PromptStep:
+    """One step of a row's system prompt: what to force, and what to do once it ran."""
 
-    pcm: np.ndarray  # float32 [FRAME_SIZE]: the agent's audio for this frame
-    text: str | None  # the text piece the agent produced this frame; None for padding
-    text_token: int  # the raw text token id
-    timings_ms: dict[str, float] = field(default_factory=dict)  # encode, lm, decode, total (+ temporal, depformer with profile)
+    user: torch.Tensor  # [8] codes forced on the user's channels
+    agent: torch.Tensor | None  # [8] codes forced on the agent's channels; None: Mimi's codes of `voice_pcm`
+    text: int  # the forced text token
+    embedding: torch.Tensor | None = None  # [1, dim]: replayed input embedding of a saved voice prompt
+    voice_pcm: np.ndarray | None = None  # [FRAME_SIZE] voice audio for Mimi to encode
+    restore: torch.Tensor | None = None  # [K, C]: the token cache of a replayed voice prompt, restored after
+    capture: bool = False  # after it: the row's voice prompt state is complete (an audio voice)
 
 
-class Engine:
-    """PersonaPlex with Mimi: 80 ms of user PCM in, 80 ms of agent PCM and text out.
+@dataclass
+class _Row:
+    """One conversation in the batch."""
 
-    `start(conditioning)` runs the system prompt; then call `step(pcm)` once per frame.
+    spec: ConversationSpec | None  # None while recording a voice prompt state
+    voice: VoicePrompt | None
+    plan: list[_PromptStep]
+    next_step: int = 0
+    cache_path: Path | None = None  # where to save the state of an audio voice prompt, once recorded
+    recorded: list[torch.Tensor] = field(default_factory=list)  # input embeddings of the voice prompt
+    prompt_state: PromptState | None = None
+
+    @property
+    def in_prompt(self) -> bool:
+        return self.next_step < len(self.plan)
+
+
+class PersonaPlexBatch:
+    """PersonaPlex with Mimi for `batch_size` conversations: 80 ms of user PCM in, 80 ms of agent PCM and text out, per row.
+
+    `open(spec)` takes a free row and queues its system prompt; each `tick` then steps every row
+    in its prompt and every talking row given a frame; `close_row` frees a row.
     """
 
-    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig(), batch_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.model = model
         self.config = config
         self.mimi: MimiModel = model.mimi
-        self.gen = PersonaPlexGen(model.lm, config.sampling, cuda_graphs=config.cuda_graphs, profile=config.profile)
+        self.gen = PersonaPlexGen(model.lm, cuda_graphs=config.cuda_graphs, profile=config.profile)
         self.tokenizer = model.tokenizer
         if self.mimi.is_streaming:
-            raise RuntimeError("this model already drives an Engine; close() that one first")
-        if config.seed is not None:
-            torch.manual_seed(config.seed)
+            raise RuntimeError("this model already drives an engine; close() that one first")
+        self._batch_size = batch_size
+        self._rows: list[_Row | None] = [None] * batch_size
+        self._voices: OrderedDict[str, VoicePrompt] = OrderedDict()
+        self._mimi_exec: np.ndarray | None = None
         self._streaming = ExitStack()
-        self._streaming.enter_context(self.mimi.streaming(1))
-        self._streaming.enter_context(self.gen.streaming(1))
+        self._streaming.enter_context(self.mimi.streaming(batch_size))
+        self._streaming.enter_context(self.gen.streaming(batch_size))
+        gen = self.gen
+        self._sine, self._silence = gen.tokens(SINE_TOKENS), gen.tokens(SILENCE_TOKENS)
+        initial = model.lm._get_initial_token()[0, :, 0]
+        self._start_user, self._start_agent = initial[USER], initial[AGENT]
         self._warmup()
 
-    def close(self) -> None:
-        """Leave streaming mode, so the model can drive another Engine."""
-        self._streaming.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def _sync(self) -> None:
-        if self.config.profile and self.device.type == "cuda":
-            torch.cuda.synchronize()
+    def close(self) -> None:
+        """Leave streaming mode, so the model can drive another engine."""
+        self._streaming.close()
+
+    def __enter__(self) -> PersonaPlexBatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self, row: int | None = None) -> dict[str, Any]:
+        """The engine, model, device and dtype; with a row, also its voice."""
+        info: dict[str, Any] = {
+            "engine": "personaplex",
+            "model": str(self.model.files.directory),
+            "device": self.device.type,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+        }
+        if row is not None and (r := self._rows[row]) is not None and r.voice is not None:
+            info["voice"] = str(r.voice.source)
+        return info
 
     @torch.inference_mode()
     def _warmup(self) -> None:
-        """Zeros through encode -> step -> decode: captures CUDA graphs, primes streaming state."""
+        """Zeros through encode -> step -> decode on every row: captures CUDA graphs, primes streaming state."""
+        batch = self.batch_size
         for _ in range(WARMUP_FRAMES):
-            codes = self.mimi.encode(torch.zeros(1, 1, FRAME_SIZE, device=self.device))
-            frame, _ = self.gen.step(user=codes)
-            if frame is not None:
-                self.mimi.decode(frame[:, AGENT])
+            codes = self.mimi.encode(torch.zeros(batch, 1, FRAME_SIZE, device=self.device))
+            out = self.gen.step(*forcing(batch, self.device, user=codes))
+            if out.has_frame.any():
+                self.mimi.decode(out.frames[:, AGENT])
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    @torch.inference_mode()
-    def start(self, conditioning: Conditioning) -> None:
-        """Reset all streaming state and run the system prompt for a persona."""
-        self.mimi.reset_streaming()
-        self.gen.reset_streaming()
-        voice = conditioning.voice
-        if voice.state is not None:
-            self.gen.replay_voice_state(voice.state)
-        else:
-            self._step_voice_audio(voice)
-        self.gen.step_silence()
-        if conditioning.text_prompt.strip():
-            self.gen.step_text_prompt(self.tokenizer.encode(wrap_system_tags(conditioning.text_prompt)))
-        self.gen.step_silence()
-        self.mimi.reset_streaming()  # the voice prompt went through the encoder
+    # -- rows ---------------------------------------------------------------------------------
 
-    def _step_voice_audio(self, voice: VoicePrompt) -> None:
-        """Encode the voice prompt with Mimi and force it; cache the prompt state for next time."""
-        cache_path = prompt_cache_path(voice, self.prompt_cache_key)
-        if cache_path.is_file():
-            try:
-                self.gen.replay_voice_state(PromptState.load(cache_path))
-                return
-            except Exception as e:  # a damaged cache entry is rebuilt, not fatal
-                logger.warning("ignoring prompt cache %s: %s", cache_path, e)
-                self.gen.reset_streaming()
-        state = self.gen.step_voice_codes(self._encode_frames(voice.audio))
-        try:
-            state.save(cache_path)
-        except OSError as e:
-            logger.warning("cannot cache the voice prompt state at %s: %s", cache_path, e)
+    @torch.inference_mode()
+    def open(self, spec: ConversationSpec) -> int:
+        """Take a free row for a conversation and queue its system prompt (run by the next ticks)."""
+        voice = self.voice(spec.voice) if spec.voice else None
+        plan = (self._voice_plan(voice) if voice is not None else []) + self._spacer()
+        if spec.text_prompt.strip():
+            ids = self.tokenizer.encode(wrap_system_tags(spec.text_prompt))
+            plan += [_PromptStep(self._sine, self._silence, token) for token in ids]
+        plan += self._spacer()
+        cache_path = prompt_cache_path(voice, self.prompt_cache_key) if voice is not None and voice.audio is not None else None
+        row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path))
+        self.gen._state().sampling.set_row(row, spec.sampling, spec.seed)
+        return row
+
+    def in_prompt(self, row: int) -> bool:
+        return self._row(row).in_prompt
+
+    def prompt_steps_left(self, row: int) -> int:
+        """Ticks the row's system prompt still needs."""
+        r = self._row(row)
+        return len(r.plan) - r.next_step
+
+    def close_row(self, row: int) -> None:
+        """End the row's conversation; the row is free for another."""
+        self._row(row)
+        self._rows[row] = None
+
+    def free_rows(self) -> int:
+        return sum(r is None for r in self._rows)
+
+    def _row(self, row: int) -> _Row:
+        r = self._rows[row]
+        if r is None:
+            raise ValueError(f"row {row} holds no conversation")
+        return r
+
+    def _take_row(self, row: _Row) -> int:
+        free = [i for i, r in enumerate(self._rows) if r is None]
+        if not free:
+            raise RuntimeError(f"all {self.batch_size} rows hold a conversation; close one first")
+        index = free[0]
+        mask = torch.zeros(self.batch_size, dtype=torch.bool)
+        mask[index] = True
+        self.mimi.reset_streaming(mask)
+        self.gen.reset_streaming(mask)
+        self._mimi_exec = None  # a reset enables its row again
+        self._rows[index] = row
+        return index
+
+    def voice(self, voice: str) -> VoicePrompt:
+        """A voice by name or path, loaded once (the most recent VOICE_MEMORY are kept)."""
+        if voice in self._voices:
+            self._voices.move_to_end(voice)
+            return self._voices[voice]
+        loaded = load_voice(voice, self.model.files.directory)
+        if loaded.state is not None:
+            self._check_fits(loaded.state, str(loaded.source))
+        self._voices[voice] = loaded
+        if len(self._voices) > VOICE_MEMORY:
+            self._voices.popitem(last=False)
+        return loaded
+
+    def _check_fits(self, state: PromptState, where: str) -> None:
+        cache = self.gen._state().cache
+        if state.cache.shape[1:] != cache.shape[1:] or state.embeddings.shape[-1] != self.model.lm.dim:
+            raise VoiceNotFoundError(
+                f"{where}: a prompt state of another model (cache {tuple(state.cache.shape)}, embeddings "
+                f"{tuple(state.embeddings.shape)}); use a voice of this model (`aimsvoice voices`) or a WAV."
+            )
+
+    # -- system prompt plans ----------------------------------------------------------------
+
+    def _voice_plan(self, voice: VoicePrompt) -> list[_PromptStep]:
+        """The voice prompt: a saved state replayed, or audio encoded by Mimi (from the cache when it was before)."""
+        state = voice.state
+        if state is None:
+            cached = prompt_cache_path(voice, self.prompt_cache_key)
+            if cached.is_file():
+                try:
+                    state = PromptState.load(cached)
+                    self._check_fits(state, str(cached))
+                except Exception as e:  # a damaged cache entry is rebuilt, not fatal
+                    logger.warning("ignoring prompt cache %s: %s", cached, e)
+                    state = None
+        if state is not None:
+            return self._replay_plan(state)
+        assert voice.audio is not None
+        return self._audio_plan(voice.audio)
+
+    def _replay_plan(self, state: PromptState) -> list[_PromptStep]:
+        """Replay a saved state's embeddings (after the dropped first frame), then restore its token cache."""
+        embeddings = state.embeddings.to(device=self.device, dtype=self.model.dtype)
+        plan = [_PromptStep(self._start_user, self._start_agent, TEXT_PAD)]
+        plan += [_PromptStep(self._start_user, self._start_agent, TEXT_PAD, embedding=emb[0]) for emb in embeddings]
+        plan[-1].restore = state.cache[0].to(self.device)
+        return plan
+
+    def _audio_plan(self, pcm: np.ndarray) -> list[_PromptStep]:
+        """Voice audio frame by frame, its Mimi codes forced on the agent's channels over the sine."""
+        plan = []
+        for start in range(0, len(pcm), FRAME_SIZE):
+            frame = np.zeros(FRAME_SIZE, dtype=np.float32)
+            piece = pcm[start : start + FRAME_SIZE]
+            frame[: len(piece)] = piece
+            plan.append(_PromptStep(self._sine, None, TEXT_PAD, voice_pcm=frame))
+        plan[-1].capture = True
+        return plan
+
+    def _spacer(self) -> list[_PromptStep]:
+        """0.5 s of silence: agent silent, text PAD, the user's channels hearing the sine."""
+        return [_PromptStep(self._sine, self._silence, TEXT_PAD) for _ in range(SILENCE_FRAMES)]
 
     @torch.inference_mode()
     def record_voice(self, pcm: np.ndarray) -> PromptState:
-        """The prompt state of a voice given as audio (resets the streaming state first)."""
-        self.mimi.reset_streaming()
-        self.gen.reset_streaming()
-        return self.gen.step_voice_codes(self._encode_frames(pcm))
-
-    def _encode_frames(self, pcm: np.ndarray) -> Iterator[torch.Tensor]:
-        """Mimi codes [1, 8, 1] of each 80 ms frame of `pcm`, the last frame zero-padded."""
-        for start in range(0, len(pcm), FRAME_SIZE):
-            chunk = np.zeros(FRAME_SIZE, dtype=np.float64)
-            piece = pcm[start : start + FRAME_SIZE]
-            chunk[: len(piece)] = piece
-            yield self.mimi.encode(torch.tensor(chunk, dtype=torch.float32, device=self.device).view(1, 1, -1))
+        """The prompt state of a voice given as audio, recorded on a free row (the others wait)."""
+        row = self._take_row(_Row(None, None, self._audio_plan(pcm)))
+        try:
+            while self._row(row).in_prompt:
+                self.tick({})
+            state = self._row(row).prompt_state
+            assert state is not None
+            return state
+        finally:
+            self.close_row(row)
 
     @property
     def prompt_cache_key(self) -> str:
@@ -421,25 +561,115 @@ class Engine:
         dtype = str(self.model.dtype).removeprefix("torch.")
         return f"{self.model.fingerprint}-{dtype}-{self.device.type}"
 
+    # -- the tick -----------------------------------------------------------------------------
+
+    def _set_mimi_exec(self, rows: np.ndarray) -> None:
+        if self._mimi_exec is None or not np.array_equal(self._mimi_exec, rows):
+            self.mimi.set_exec_mask(torch.from_numpy(rows))
+            self._mimi_exec = rows.copy()
+
     @torch.inference_mode()
-    def step(self, pcm: np.ndarray) -> StepOut:
-        """One frame of user audio (float32 [FRAME_SIZE]) -> one frame of agent audio and text."""
-        assert pcm.shape == (FRAME_SIZE,), f"expected {FRAME_SIZE} samples, got {pcm.shape}"
+    def tick(self, frames: Mapping[int, np.ndarray]) -> dict[int, StepOut]:
+        """One step for every row in its system prompt and every talking row in `frames` (row -> float32 [FRAME_SIZE]).
+
+        Returns each talking row's output; rows neither in their prompt nor in `frames` wait.
+        """
+        batch, device = self.batch_size, self.device
         t0 = time.perf_counter()
-        codes = self.mimi.encode(torch.from_numpy(np.asarray(pcm, dtype=np.float32)).to(self.device).view(1, 1, -1))
+        run = np.zeros(batch, dtype=bool)
+        talking = np.zeros(batch, dtype=bool)
+        voice_audio = np.zeros(batch, dtype=bool)
+        replay = np.zeros(batch, dtype=bool)
+        pcm = np.zeros((batch, 1, FRAME_SIZE), dtype=np.float32)
+        tokens = torch.zeros(batch, 1 + 2 * AGENT_CODEBOOKS, dtype=torch.long, device=device)
+        forced = torch.zeros_like(tokens, dtype=torch.bool)
+        embeddings = None
+        steps: dict[int, _PromptStep] = {}
+        for row, frame in frames.items():
+            if self._row(row).in_prompt:
+                raise ValueError(f"row {row} is still running its system prompt; it takes no frames yet")
+            if np.shape(frame) != (FRAME_SIZE,):
+                raise ValueError(f"row {row}: expected {FRAME_SIZE} samples, got {frame.shape}")
+            run[row] = talking[row] = True
+            pcm[row, 0] = np.asarray(frame, dtype=np.float32)
+            forced[row, USER] = True
+        for row, r in enumerate(self._rows):
+            if r is None or not r.in_prompt:
+                continue
+            step = steps[row] = r.plan[r.next_step]
+            run[row] = True
+            tokens[row, USER], tokens[row, TEXT] = step.user, step.text
+            forced[row] = True
+            if step.voice_pcm is not None:
+                voice_audio[row] = True
+                pcm[row, 0] = step.voice_pcm
+            else:
+                tokens[row, AGENT] = step.agent
+            if step.embedding is not None:
+                replay[row] = True
+                if embeddings is None:
+                    embeddings = torch.zeros(batch, 1, step.embedding.shape[-1], dtype=step.embedding.dtype, device=device)
+                embeddings[row] = step.embedding
+        if not run.any():
+            return {}
+
+        encode = talking | voice_audio
+        if encode.any():
+            self._set_mimi_exec(encode)
+            codes = self.mimi.encode(torch.from_numpy(pcm).to(device))[:, :, 0]  # [B, 8]
+            tokens[:, USER] = torch.where(torch.from_numpy(talking).to(device)[:, None], codes, tokens[:, USER])
+            tokens[:, AGENT] = torch.where(torch.from_numpy(voice_audio).to(device)[:, None], codes, tokens[:, AGENT])
         self._sync()
         t1 = time.perf_counter()
-        frame, _ = self.gen.step(user=codes)
-        assert frame is not None, "Engine.step() before start()"
+        out = self.gen.step(tokens, forced, run, embeddings, replay if replay.any() else None)
+        for row, step in steps.items():
+            self._after_prompt_step(row, step, out)
         self._sync()
         t2 = time.perf_counter()
-        out = self.mimi.decode(frame[:, AGENT])
-        out_pcm = out[0, 0].float().cpu().numpy()
-        text_token = int(frame[0, TEXT, 0].item())
+        if not talking.any():
+            return {}
+
+        assert out.has_frame[talking].all(), "a talking row has its delays filled"
+        self._set_mimi_exec(talking)
+        talking_t = torch.from_numpy(talking).to(device)[:, None, None]
+        codes = torch.where(talking_t, out.frames[:, AGENT], torch.zeros_like(out.frames[:, AGENT]))  # others: no codes yet
+        agent_pcm = self.mimi.decode(codes)[:, 0].float().cpu().numpy()
+        text_tokens = out.frames[:, TEXT, 0].cpu().numpy()
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "lm": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         timings.update(self.gen.stage_ms)
-        return StepOut(out_pcm, self.piece(text_token), text_token, timings)
+        return {
+            row: StepOut(agent_pcm[row], self.piece(int(text_tokens[row])), int(text_tokens[row]), dict(timings))
+            for row in np.flatnonzero(talking).tolist()
+        }
+
+    def _after_prompt_step(self, row: int, step: _PromptStep, out: GenStep) -> None:
+        """Keep what the voice prompt leaves; at the prompt's end, Mimi starts the conversation afresh."""
+        r = self._row(row)
+        r.next_step += 1
+        if step.voice_pcm is not None and out.ran_lm[row]:
+            assert out.embeddings is not None
+            r.recorded.append(out.embeddings[row : row + 1].detach().clone())
+        cache = self.gen._state().cache
+        if step.restore is not None:
+            cache[row] = step.restore
+        if step.capture:
+            r.prompt_state = PromptState(torch.stack(r.recorded, dim=0), cache[row : row + 1].clone())
+            r.recorded = []
+            if r.cache_path is not None:
+                try:
+                    r.prompt_state.save(r.cache_path)
+                except OSError as e:
+                    logger.warning("cannot cache the voice prompt state at %s: %s", r.cache_path, e)
+        if not r.in_prompt and r.spec is not None:
+            mask = torch.zeros(self.batch_size, dtype=torch.bool)
+            mask[row] = True
+            self.mimi.reset_streaming(mask)  # the voice prompt went through the encoder
+            self._mimi_exec = None
+
+    def _sync(self) -> None:
+        if self.config.profile and self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def piece(self, token: int) -> str | None:
         """The text a token stands for, with word starts as spaces; None for padding and controls."""
@@ -448,3 +678,41 @@ class Engine:
         if self.tokenizer.is_control(token) or self.tokenizer.is_unknown(token):
             return None
         return self.tokenizer.id_to_piece(token).replace("\u2581", " ")
+
+
+class Engine(SoloEngine):
+    """PersonaPlex for one conversation at a time: a `PersonaPlexBatch` of one row.
+
+    `start(spec)` runs the system prompt; then call `step(pcm)` once per frame.
+    """
+
+    batch: PersonaPlexBatch
+
+    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+        super().__init__(PersonaPlexBatch(model, config, batch_size=1))
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.batch.model
+
+    @property
+    def gen(self) -> PersonaPlexGen:
+        return self.batch.gen
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.device
+
+    @property
+    def prompt_cache_key(self) -> str:
+        return self.batch.prompt_cache_key
+
+    def record_voice(self, pcm: np.ndarray) -> PromptState:
+        """The prompt state of a voice given as audio (ends the conversation in progress, if any)."""
+        if self.row is not None:
+            self.batch.close_row(self.row)
+            self.row = None
+        return self.batch.record_voice(pcm)
+
+    def __enter__(self) -> Engine:
+        return self

@@ -103,19 +103,30 @@ def normalize_loudness(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE, lufs: fl
     return pyloudnorm.normalize.loudness(pcm, loudness, lufs)
 
 
-def resolve_voice(voice: str, model_dir: Path) -> Path:
-    """A voice name (NATF2, ...) in the model's voices/ folder, or a path to a WAV or .pt file."""
+def voice_names(model_dir: Path) -> list[str]:
+    """The voices a model folder holds: the names of its voices/*.pt and voices/*.wav, sorted."""
     voices_dir = model_dir / layout.VOICES_DIR
-    for suffix in layout.VOICE_SUFFIXES:
-        candidate = voices_dir / f"{voice}{suffix}"
-        if candidate.is_file():
-            return candidate
+    if not voices_dir.is_dir():
+        return []
+    return sorted({p.stem for p in voices_dir.iterdir() if p.suffix in layout.VOICE_SUFFIXES and p.is_file()})
+
+
+def resolve_voice(voice: str, model_dir: Path) -> Path:
+    """A voice of the model (its name in voices/, any case), or a path to a WAV or .pt file."""
+    voices_dir = model_dir / layout.VOICES_DIR
+    names = voice_names(model_dir)
+    by_case = {name.lower(): name for name in names}
+    name = voice if voice in names else by_case.get(voice.lower())
+    if name is not None:
+        for suffix in layout.VOICE_SUFFIXES:
+            candidate = voices_dir / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
     path = Path(voice).expanduser()
     if path.is_file():
         return path
-    known = sorted({p.stem for p in voices_dir.glob("*") if p.suffix in layout.VOICE_SUFFIXES}) if voices_dir.is_dir() else []
-    choices = ", ".join(known) if known else "none found in " + str(voices_dir)
-    raise VoiceNotFoundError(f"voice '{voice}': not a built-in voice nor a file; choose one of {choices}, or give a WAV path.")
+    choices = ", ".join(names) if names else "none found in " + str(voices_dir)
+    raise VoiceNotFoundError(f"voice '{voice}': not a voice of this model nor a file; choose one of {choices}, or give a WAV path.")
 
 
 def load_voice(voice: str, model_dir: Path) -> VoicePrompt:

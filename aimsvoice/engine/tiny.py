@@ -148,7 +148,7 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
         save_file(_checkpoint_state(lm), str(directory / layout.LM_NAME))
     finally:
         torch.random.set_rng_state(generator_state)
-    _write_voices(directory, seed)
+    _write_voices(directory)
     return directory
 
 
@@ -191,15 +191,15 @@ def _voice_audio(index: int, female: bool, seconds: float = 1.0) -> np.ndarray:
     return (0.1 * voiced * envelope).astype(np.float32)
 
 
-def _write_voices(directory: Path, seed: int) -> None:
+def _write_voices(directory: Path) -> None:
     """The 18 voices as prompt states, made by running the tiny model on synthetic voices."""
-    from .config import EngineConfig, SamplingConfig
+    from .config import EngineConfig
     from .load import load_model
     from .loop import Engine
     from .prompts import normalize_loudness
 
     model = load_model(directory, device="cpu", dtype="float32")
-    engine = Engine(model, EngineConfig(device="cpu", sampling=SamplingConfig(greedy=True), seed=seed))
+    engine = Engine(model, EngineConfig(device="cpu"))
     voices = directory / layout.VOICES_DIR
     for i, name in enumerate(layout.VOICE_NAMES):
         pcm = normalize_loudness(_voice_audio(i, female=name[3] == "F"))
