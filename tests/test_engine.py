@@ -12,7 +12,7 @@ from aimsvoice.audio import FRAME_SIZE, write_wav
 from aimsvoice.engine import (
     ConversationSpec, Engine, EngineConfig, PersonaPlexGen, PromptState, SamplingConfig, load_model, load_voice,
 )
-from aimsvoice.engine.loop import AGENT, TEXT, USER, forcing
+from aimsvoice.engine.loop import AGENT, SAMPLED_WARMUP_FRAMES, TEXT, USER, WARMUP_FRAMES, forcing
 from aimsvoice.engine.prompts import SILENCE_TOKENS, SINE_TOKENS, prompt_cache_path
 
 GREEDY = SamplingConfig(greedy=True)
@@ -149,7 +149,8 @@ def test_prompt_state_round_trip_continues_identically(model, tmp_path: Path, mo
     real_encode = model.mimi.encode
     monkeypatch.setattr(model.mimi, "encode", lambda x: encodes.append(1) or real_encode(x))
     second = run_engine(model, 5, frames, voice=str(voice_wav))  # replays the cached state
-    assert len(encodes) == 4 + len(frames), "warm-up and conversation only: the voice came from the cache"
+    warmup = WARMUP_FRAMES + SAMPLED_WARMUP_FRAMES
+    assert len(encodes) == warmup + len(frames), "warm-up and conversation only: the voice came from the cache"
     monkeypatch.undo()
 
     from_pt = run_engine(model, 5, frames, voice=str(cached))

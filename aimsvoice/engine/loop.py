@@ -46,7 +46,7 @@ from moshi.utils.compile import CUDAGraphed
 
 from ..audio.format import FRAME_RATE, FRAME_SIZE
 from ..errors import VoiceNotFoundError
-from .config import EngineConfig
+from .config import EngineConfig, SamplingConfig
 from .contract import ConversationSpec, SoloEngine, StepOut
 from .load import AGENT_CODEBOOKS, LoadedModel
 from .prompts import (
@@ -68,6 +68,7 @@ TEXT = 0  # channel of the text stream in the token cache
 AGENT = slice(1, 1 + AGENT_CODEBOOKS)  # channels of the agent's codebooks
 USER = slice(1 + AGENT_CODEBOOKS, 1 + 2 * AGENT_CODEBOOKS)  # channels of the user's codebooks
 WARMUP_FRAMES = 4
+SAMPLED_WARMUP_FRAMES = 2  # then with sampling on: its CUDA graph is captured before any conversation
 SILENCE_FRAMES = int(SILENCE_SECONDS * FRAME_RATE)
 VOICE_MEMORY = 32  # voices kept loaded by a batch engine, most recently used
 
@@ -418,13 +419,20 @@ class PersonaPlexBatch:
 
     @torch.inference_mode()
     def _warmup(self) -> None:
-        """Zeros through encode -> step -> decode on every row: captures CUDA graphs, primes streaming state."""
+        """Zeros through encode -> step -> decode on every row, greedy then sampling: captures the CUDA graphs,
+        primes streaming state. Every row is greedy after it, until a conversation sets its own sampling."""
         batch = self.batch_size
-        for _ in range(WARMUP_FRAMES):
+        sampling = self.gen._state().sampling
+        for i in range(WARMUP_FRAMES + SAMPLED_WARMUP_FRAMES):
+            if i == WARMUP_FRAMES:
+                for row in range(batch):
+                    sampling.set_row(row, SamplingConfig(), seed=row)
             codes = self.mimi.encode(torch.zeros(batch, 1, FRAME_SIZE, device=self.device))
             out = self.gen.step(*forcing(batch, self.device, user=codes))
             if out.has_frame.any():
                 self.mimi.decode(out.frames[:, AGENT])
+        for row in range(batch):
+            sampling.set_row(row, SamplingConfig(greedy=True), seed=None)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 

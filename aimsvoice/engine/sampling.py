@@ -26,6 +26,7 @@ class StreamSampling:
     """One kind of stream's settings per row (text, or the audio codebooks), as tensors [B] and on the CPU."""
 
     vocab: int
+    min_width: int  # noise entries a sampled step draws at least: one CUDA graph serves every top-k up to it
     greedy: torch.Tensor  # bool: argmax (sampling off, or a temperature of 0)
     temp: torch.Tensor  # float32: the temperature (1 on greedy rows, where it is unused)
     top_k: torch.Tensor  # long: candidates kept, 1..vocab
@@ -33,9 +34,10 @@ class StreamSampling:
     top_k_rows: list[int] = field(default_factory=list)
 
     @classmethod
-    def greedy_batch(cls, batch_size: int, vocab: int, device: torch.device) -> StreamSampling:
+    def greedy_batch(cls, batch_size: int, vocab: int, default_top_k: int, device: torch.device) -> StreamSampling:
         return cls(
             vocab,
+            min(default_top_k, vocab),
             torch.ones(batch_size, dtype=torch.bool, device=device),
             torch.ones(batch_size, dtype=torch.float32, device=device),
             torch.ones(batch_size, dtype=torch.long, device=device),
@@ -50,8 +52,10 @@ class StreamSampling:
         self.greedy_rows[row], self.top_k_rows[row] = greedy, k
 
     def width(self, rows: list[int]) -> int:
-        """Noise entries per stream a step over `rows` needs: their largest top-k among sampled rows (0: none)."""
-        return max((self.top_k_rows[r] for r in rows if not self.greedy_rows[r]), default=0)
+        """Noise entries per stream a step over `rows` draws: 0 when none samples, else at least `min_width`
+        and the largest top-k among the sampled rows."""
+        sampled = [self.top_k_rows[r] for r in rows if not self.greedy_rows[r]]
+        return max(self.min_width, *sampled) if sampled else 0
 
 
 class BatchSampling:
@@ -59,8 +63,9 @@ class BatchSampling:
 
     def __init__(self, batch_size: int, text_vocab: int, audio_vocab: int, device: torch.device) -> None:
         self.device = device
-        self.text = StreamSampling.greedy_batch(batch_size, text_vocab, device)
-        self.audio = StreamSampling.greedy_batch(batch_size, audio_vocab, device)
+        default = SamplingConfig()
+        self.text = StreamSampling.greedy_batch(batch_size, text_vocab, default.topk_text, device)
+        self.audio = StreamSampling.greedy_batch(batch_size, audio_vocab, default.topk_audio, device)
         self.generators: list[torch.Generator | None] = [None] * batch_size
 
     def set_row(self, row: int, sampling: SamplingConfig, seed: int | None) -> None:
