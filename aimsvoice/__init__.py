@@ -3,8 +3,8 @@
 The public API, imported on first use so that `import aimsvoice` (and the CLI's start) stays
 free of torch:
 
-    from aimsvoice import load_model, Engine, EngineConfig, Conditioning, load_voice
-    from aimsvoice import personas, TalkSettings, talk_offline, find_pulled_model
+    from aimsvoice import load_model, Engine, PersonaPlexBatch, EngineConfig, ConversationSpec
+    from aimsvoice import TalkSettings, talk_offline, run_batch, talk_batch, find_pulled_model
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Conditioning": "aimsvoice.engine",
+    "BatchEngine": "aimsvoice.engine",
+    "ConversationSpec": "aimsvoice.engine",
     "Engine": "aimsvoice.engine",
+    "FrameEngine": "aimsvoice.engine",
+    "PersonaPlexBatch": "aimsvoice.engine",
     "EngineConfig": "aimsvoice.engine",
     "SamplingConfig": "aimsvoice.engine",
     "StepOut": "aimsvoice.engine",
@@ -26,6 +29,10 @@ _EXPORTS = {
     "TalkSettings": "aimsvoice.session",
     "talk_offline": "aimsvoice.session",
     "run_frames": "aimsvoice.session",
+    "run_batch": "aimsvoice.session",
+    "talk_batch": "aimsvoice.batch",
+    "LiveConfig": "aimsvoice.live",
+    "talk_live": "aimsvoice.live",
     "Persona": "aimsvoice.personas",
     "find_pulled_model": "aimsvoice.weights",
     "pull": "aimsvoice.weights",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -10,7 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
 
+from . import layout
+from . import personas as personas_lib
 from .errors import AimsvoiceError
 
 app = typer.Typer(
@@ -20,11 +27,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Markup and highlighting off: file names, persona texts and messages are printed as they are
+# ("[agent].wav" stays itself); styles come from `style=` and Text, never from the string.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 
-# --- talk ---
 PersonaOpt = Annotated[
     Optional[str],
     typer.Option("--persona", "-p", help="Persona name (see `aimsvoice personas`); default: assistant."),
@@ -156,7 +164,7 @@ def talk(
     result = session.talk_offline(settings, in_path, out_path, transcript, on_step=show)
     console.print()
     seconds = len(result.agent_pcm) / 24_000
-    console.print(f"wrote {out_path} ({seconds:.2f} s)" + (f" and {transcript}" if transcript else ""), highlight=False)
+    console.print(f"wrote {out_path} ({seconds:.2f} s)" + (f" and {transcript}" if transcript else ""), soft_wrap=True)
 
 
 def _talk_batch(path: Path, settings, batch_size: int | None) -> None:
@@ -168,15 +176,7 @@ def _talk_batch(path: Path, settings, batch_size: int | None) -> None:
     progress.summary(summary)
     if summary.failed:
         raise typer.Exit(1)
-# --- end talk ---
 
-
-# --- personas ---
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
-
-from . import personas as personas_lib
 
 personas_app = typer.Typer()
 app.add_typer(personas_app, name="personas")
@@ -243,11 +243,6 @@ def personas_show(
     fields.add_row("source", Text(f"{origin}: {persona.source}"))
     console.print(fields)
     console.print(Panel(Text(persona.text_prompt), title="text prompt", title_align="left"))
-# --- end personas ---
-
-
-# --- pull-weights ---
-from . import layout
 
 
 @app.command(
@@ -320,10 +315,35 @@ def pull_weights(
             soft_wrap=True,
         )
     console.print("`aimsvoice talk` uses it by default; `aimsvoice pull-weights --check` verifies it offline.")
-# --- end pull-weights ---
 
 
-# --- devices ---
+@app.command(
+    epilog="Examples:\n\n"
+    "  aimsvoice voices\n\n"
+    "  aimsvoice voices --model tiny\n\n"
+    "  aimsvoice talk --voice VARF1 --in q.wav --out a.wav",
+)
+def voices(model: ModelOpt = None) -> None:
+    """List the voices of the model in use: `--voice` and a persona's `voice` take any of them, or a WAV path.
+
+    A voice is a file in the model's voices/ folder: a prompt state (.pt, replayed as is) or audio
+    (.wav, encoded once and cached). NVIDIA's eighteen come with the weights; a fine-tune may bring others.
+    """
+    from .engine import resolve_voice, voice_names
+    from .errors import VoiceNotFoundError
+    from .session import resolve_model_dir
+    from .ui import voices_table
+
+    model_dir = resolve_model_dir(model)
+    names = voice_names(model_dir)
+    if not names:
+        raise VoiceNotFoundError(
+            f"{model_dir}: no voices in {layout.VOICES_DIR}/; run `aimsvoice pull-weights`, or give `talk --voice` a WAV path."
+        )
+    console.print(f"voices of {model_dir}, in {layout.VOICES_DIR}/:", markup=False, highlight=False, soft_wrap=True)
+    console.print(voices_table([(name, resolve_voice(name, model_dir)) for name in names]))
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  aimsvoice devices\n\n"
@@ -342,12 +362,7 @@ def devices() -> None:
     if not found:
         raise AudioDeviceError("PortAudio sees no audio devices; connect one, check ALSA/PulseAudio, then rerun `aimsvoice devices`.")
     console.print(devices_table(found))
-# --- end devices ---
 
-
-# --- bench ---
-import json
-import shlex
 
 bench_app = typer.Typer(
     help="Measure frame compute, and switch latency and interruption handling (Full-Duplex-Bench).",
@@ -512,7 +527,6 @@ def bench_aec(
         f"ERLE {report['erle_db']:.1f} dB, over {report['frames']} frames with a {delay_ms:g} ms echo",
         highlight=False,
     )
-# --- end bench ---
 
 
 def main() -> None:
@@ -522,7 +536,7 @@ def main() -> None:
     except AimsvoiceError as e:
         if os.environ.get("AIMSVOICE_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

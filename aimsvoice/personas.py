@@ -6,8 +6,8 @@ them or override them; a persona's name is its file stem, case-insensitive. A pe
 
     display_name = "HeadCoach"      # optional; default: the name
     description = "One line."       # optional
-    voice = "VARM2"                 # optional (default NATF2): a built-in voice or a .wav path,
-                                    #   relative paths resolved against the file's folder
+    voice = "VARM2"                 # optional (default NATF2): a voice of the model (`aimsvoice
+                                    #   voices`) or a .wav/.pt path, relative to the file's folder
     text_prompt = \"\"\"
     You are a head coach ...        # required; runs of whitespace become one space
     \"\"\"
@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from . import xdg
 from .errors import PersonaError
-from .layout import VOICE_NAMES
+from .layout import VOICE_NAMES, VOICE_SUFFIXES
 
 DEFAULT_PERSONA = "assistant"
 DEFAULT_VOICE = "NATF2"  # the reference's assistant example voice
@@ -52,8 +52,9 @@ _TOP_KEYS = ("display_name", "description", "voice", "text_prompt", "sampling")
 class Persona:
     """A named conditioning for PersonaPlex: a voice prompt, a text prompt, sampling overrides.
 
-    `voice` is a built-in voice name (one of `layout.VOICE_NAMES`) or the absolute path of a wav
-    file. A sampling field left as None means the engine's default.
+    `voice` is a voice name of the model (NVIDIA's built-ins, `layout.VOICE_NAMES`, or a fine-tune's
+    own) or the absolute path of a .wav or .pt file. A sampling field left as None means the
+    engine's default.
     """
 
     name: str
@@ -190,20 +191,23 @@ def _string(data: dict[str, Any], key: str, path: Path, default: str) -> str:
 
 
 def _voice(value: str, path: Path) -> str:
-    name = value.strip().upper()
-    if name in VOICE_NAMES:
-        return name
-    if Path(value).suffix.lower() == ".wav":
-        wav = Path(value).expanduser()
-        wav = wav if wav.is_absolute() else path.parent / wav
-        if wav.is_file():
-            return str(wav.resolve())
+    """A voice name of the model (NVIDIA's built-ins in their canonical case), or a .wav/.pt file made absolute."""
+    name = value.strip()
+    if name.upper() in VOICE_NAMES:
+        return name.upper()
+    if Path(name).suffix.lower() in VOICE_SUFFIXES:
+        file = Path(name).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        if file.is_file():
+            return str(file.resolve())
         raise PersonaError(
-            f"{path}: voice file {wav} does not exist; fix the path or use a built-in voice"
+            f"{path}: voice file {file} does not exist; fix the path or use a voice of the model (`aimsvoice voices`)"
         )
+    if name and not any(sep in name for sep in ("/", "\\")):
+        return name  # another voice of the model (a fine-tune's): checked against the model when it loads
     raise PersonaError(
-        f"{path}: unknown voice {value!r}; use a built-in voice ({', '.join(VOICE_NAMES)}) "
-        "or a path to a .wav file"
+        f"{path}: voice {value!r} is neither a voice name nor a .wav/.pt file; use a voice of the model "
+        f"(`aimsvoice voices`, e.g. {DEFAULT_VOICE}) or a path to a .wav file"
     )
 
 

@@ -8,6 +8,7 @@ or the step thread.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -248,3 +249,15 @@ class BatchProgress:
 
     def _print(self, text: str, style: str | None = None) -> None:
         self._progress.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def voices_table(voices: list[tuple[str, Path]]) -> Table:
+    """`aimsvoice voices`: each voice's name, what its file holds, and the file."""
+    table = Table()
+    table.add_column("voice")
+    table.add_column("kind")
+    table.add_column("file")
+    for name, path in voices:
+        kind = "prompt state, replayed as is" if path.suffix == ".pt" else "audio, encoded once and cached"
+        table.add_row(Text(name), kind, Text(path.name))
+    return table

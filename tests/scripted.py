@@ -15,7 +15,7 @@ import numpy as np
 
 from aimsvoice.audio import FRAME_SIZE, SAMPLE_RATE, read_wav
 from aimsvoice.bench import Sample
-from aimsvoice.engine import StepOut
+from aimsvoice.engine import ConversationSpec, StepOut
 
 AGENT_VOICE = Path(__file__).parent / "data" / "agent-voice.wav"
 
@@ -23,7 +23,7 @@ Intervals = list[tuple[float, float]]
 
 
 class ScriptedEngine:
-    """Speaks during `talk` (seconds on its own timeline); silent otherwise. Never looks at the input.
+    """A `FrameEngine` that speaks during `talk` (seconds on its own timeline); silent otherwise. Never looks at the input.
 
     compute_ms: the compute time each step reports (the live bench's clock moves on by it).
     """
@@ -33,6 +33,15 @@ class ScriptedEngine:
         self.voice = voice
         self.compute_ms = compute_ms
         self.n_steps = 0
+
+    def start(self, spec: ConversationSpec) -> None:
+        self.n_steps = 0
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": "scripted"}
 
     def step(self, pcm: np.ndarray) -> StepOut:
         assert pcm.shape == (FRAME_SIZE,)

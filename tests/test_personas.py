@@ -107,7 +107,8 @@ def test_unknown_persona_is_one_line_listing_the_choices(user_dir: Path) -> None
         ('voice = "NATF0"\n', "text_prompt is missing or empty"),
         ('text_prompt = """\n   \n"""\n', "text_prompt is missing or empty"),
         (PROMPT + 'voise = "NATF0"\n', "unknown key 'voise'"),
-        (PROMPT + 'voice = "NATX9"\n', "unknown voice 'NATX9'"),
+        (PROMPT + 'voice = "voices/me"\n', "voice 'voices/me' is neither a voice name"),
+        (PROMPT + 'voice = ""\n', "voice '' is neither a voice name"),
         (PROMPT + 'voice = "missing.wav"\n', "missing.wav does not exist"),
         (PROMPT + 'display_name = 5\n', "display_name must be a string"),
         (PROMPT + 'sampling = 3\n', "sampling must be a table"),
@@ -178,8 +179,8 @@ def test_cli_errors_are_one_line_without_traceback(user_dir: Path) -> None:
     assert "unknown persona 'nope'" in unknown.stderr and "headcoach" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
-    (user_dir / "broken.toml").write_text('text_prompt = "You are x."\nvoice = "NATX9"\n')
+    (user_dir / "broken.toml").write_text('text_prompt = "You are x."\nvoice = "a/b"\n')
     broken = _cli("personas", config=user_dir.parent.parent)
     assert broken.returncode != 0
     assert len(broken.stderr.strip().splitlines()) == 1
-    assert "unknown voice 'NATX9'" in broken.stderr and "Traceback" not in broken.stderr
+    assert "voice 'a/b' is neither" in broken.stderr and "Traceback" not in broken.stderr

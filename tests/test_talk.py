@@ -199,3 +199,18 @@ def test_cuda_without_cuda(tiny_dir, user_wav, tmp_path, capsys, monkeypatch) ->
         pytest.skip("this machine has CUDA; the error is about machines without it")
     code, _, err = run_main(talk_args(user_wav, tmp_path, "--model", "tiny", "--device", "cuda"), capsys, monkeypatch)
     assert_one_line_error(code, err, "--device cuda", "--device cpu")
+
+
+def test_brackets_in_messages_and_file_names_are_printed_as_they_are(tiny_dir, user_wav, tmp_path, capsys, monkeypatch) -> None:
+    """Rich markup never eats user text: a persona file's [sampling] error, an output called [agent].wav."""
+    personas = tmp_path / "config" / "aimsvoice" / "personas"
+    personas.mkdir(parents=True)
+    (personas / "odd.toml").write_text('text_prompt = "You are odd."\n[sampling]\ntemp = 0.5\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    code, _, err = run_main(talk_args(user_wav, tmp_path, "--model", "tiny", "--persona", "odd"), capsys, monkeypatch)
+    assert_one_line_error(code, err, "unknown [sampling] key 'temp'")
+
+    out = tmp_path / "[agent].wav"
+    code, stdout, err = run_main(["talk", "--model", "tiny", "--in", str(user_wav), "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"wrote {out} (" in stdout and out.is_file()

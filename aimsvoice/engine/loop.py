@@ -82,7 +82,7 @@ class _GenState(State):
     initial: torch.Tensor  # [1, K, 1]: the start-of-sequence token of each codebook
     sampling: BatchSampling
     graphed_main: CUDAGraphed
-    graphed_depth: dict[tuple[bool, int], CUDAGraphed]  # by the noise's width (0: all rows greedy)
+    graphed_depth: dict[int, CUDAGraphed]  # by the noise's width (0: every row greedy)
     offsets: np.ndarray  # [B] int64: steps each row has taken since its reset
     lm_exec: np.ndarray | None = None  # the exec mask the LM has, when known
     exit_stack: ExitStack = field(default_factory=ExitStack)
@@ -212,10 +212,9 @@ class PersonaPlexGen(StreamingModule[_GenState]):
 
     def _graphed_depth(self, width: int) -> CUDAGraphed:
         state = self._state()
-        key = (width > 0, width)
-        if key not in state.graphed_depth:
-            state.graphed_depth[key] = CUDAGraphed(self._depformer_step, disable=self._graphs_off(state.device))
-        return state.graphed_depth[key]
+        if width not in state.graphed_depth:
+            state.graphed_depth[width] = CUDAGraphed(self._depformer_step, disable=self._graphs_off(state.device))
+        return state.graphed_depth[width]
 
     def _state(self) -> _GenState:
         state = self._streaming_state
