@@ -7,8 +7,7 @@ batched step loop. Names are imported on first use, so importing the contract lo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .. import lazy_exports
 
 _EXPORTS = {
     "BatchEngine": ".contract",
@@ -35,9 +34,4 @@ _EXPORTS = {
     "write_tiny_model": ".tiny",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'aimsvoice.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
