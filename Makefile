@@ -25,7 +25,7 @@ demo: install
 		--in assets/demo-user.wav --out out/demo-agent.wav --transcript out/demo-transcript.json
 
 bench: install
-	$(BIN)/aimsvoice bench compute --model tiny --append BENCHMARKS.md
+	$(BIN)/aimsvoice bench compute --model tiny --batch 1,2,4,8 --append BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) out
