@@ -22,10 +22,13 @@ from typing import Protocol
 
 from . import layout, personas
 from .audio import read_wav, write_wav
-from .engine import resolve_voice
+from .engine import ModelCheck
+from .audio.wavio import check_audio_suffix
 from .errors import AimsvoiceError
+from .outputs import check_outputs
 from .session import (
-    BatchJob, OfflineResult, TalkSettings, check_model_dir, conversation_spec, open_batch_engine, run_batch, write_transcript,
+    BatchJob, Interrupted, OfflineResult, TalkSettings, conversation_spec, open_batch_engine, resolve_model_dir, run_batch, voice_file,
+    write_transcript,
 )
 
 KEYS = ("in", "out", "transcript", "persona", "voice", "text_prompt", "seed", "greedy")
@@ -65,24 +68,47 @@ def read_batch_file(path: Path, defaults: TalkSettings) -> tuple[list[BatchLine]
         raise AimsvoiceError(f"{path}: no such batch file; give a .jsonl file with one conversation per line.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise AimsvoiceError(f"{path}: cannot read the batch file ({e}); give a UTF-8 .jsonl file.") from None
-    lines: list[BatchLine] = []
+    parsed: list[BatchLine] = []
     errors: list[BatchLineError] = []
-    outputs: dict[Path, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            line = _parse(number, raw, path.parent, defaults)
-            for output in filter(None, (line.out_path, line.transcript)):
-                if output in outputs:
-                    raise BatchLineError(number, f"{output} is also written by line {outputs[output]}; give each output its own path")
-                outputs[output] = number
+            parsed.append(_parse(number, raw, path.parent, defaults))
+        except BatchLineError as e:
+            errors.append(e)
+    if not parsed and not errors:
+        raise AimsvoiceError(f"{path}: the batch file holds no conversation; write one JSON object per line with \"in\" and \"out\".")
+    lines = []
+    written: dict[Path, int] = {}  # every output, by the first line writing it
+    read = {line.in_path.resolve(): line.number for line in parsed}
+    for line in parsed:
+        try:
+            _check_outputs(line, written, read)
             lines.append(line)
         except BatchLineError as e:
             errors.append(e)
-    if not lines and not errors:
-        raise AimsvoiceError(f"{path}: the batch file holds no conversation; write one JSON object per line with \"in\" and \"out\".")
-    return lines, errors
+    return lines, sorted(errors, key=lambda e: e.number)
+
+
+def _check_outputs(line: BatchLine, written: dict[Path, int], read: dict[Path, int]) -> None:
+    """A line's outputs: writable, not an input of any line, not another line's output (checked before anything runs)."""
+    outputs = {'"out"': line.out_path, '"transcript"': line.transcript}
+    try:
+        check_outputs(outputs, inputs=(line.in_path, voice_file(line.settings.voice)))
+        check_audio_suffix(line.out_path, '"out"')
+    except AimsvoiceError as e:
+        raise BatchLineError(line.number, str(e)) from None
+    for key, output in outputs.items():
+        if output is None:
+            continue
+        identity = output.resolve()
+        if identity in read:
+            raise BatchLineError(line.number, f"{key} {output} is the input of line {read[identity]}; give the output another path")
+        if identity in written:
+            raise BatchLineError(line.number, f"{key} {output} is also written by line {written[identity]}; give each output its own path")
+    for output in filter(None, outputs.values()):
+        written[output.resolve()] = line.number
 
 
 def _parse(number: int, raw: str, folder: Path, defaults: TalkSettings) -> BatchLine:
@@ -113,8 +139,6 @@ def _parse(number: int, raw: str, folder: Path, defaults: TalkSettings) -> Batch
         raise BatchLineError(number, f"{in_path}: no such audio file; check \"in\" (relative to the batch file's folder)")
     out_path = _path(folder, entry["out"])
     transcript = _path(folder, entry["transcript"]) if "transcript" in entry else None
-    if out_path == in_path or transcript in (in_path, out_path):
-        raise BatchLineError(number, f"{out_path if out_path == in_path else transcript} is both read and written; give the output another path")
     persona = entry.get("persona", defaults.persona)
     try:
         personas.load(persona)
@@ -159,6 +183,7 @@ class BatchSummary:
     failed: list[BatchLineError] = field(default_factory=list)
     frames: int = 0
     wall_s: float = 0.0
+    interrupted: str | None = None  # Ctrl-C: what was done about the conversations under way
 
 
 def talk_batch(path: Path, defaults: TalkSettings, batch_size: int | None, events: BatchEvents) -> BatchSummary:
@@ -177,12 +202,12 @@ def talk_batch(path: Path, defaults: TalkSettings, batch_size: int | None, event
     lines, errors = read_batch_file(path, defaults)
     for error in errors:
         fail(error)
-    model_dir = check_model_dir(defaults.model) if lines else None
+    check = ModelCheck(resolve_model_dir(defaults.model)) if lines else None
     jobs: list[BatchJob] = []
     for line in lines:
         spec = conversation_spec(line.settings, personas.load(line.settings.persona))
         try:
-            resolve_voice(spec.voice, model_dir)
+            check.conversation(spec)
         except AimsvoiceError as e:
             fail(BatchLineError(line.number, str(e)))
             continue
@@ -190,7 +215,7 @@ def talk_batch(path: Path, defaults: TalkSettings, batch_size: int | None, event
     if not jobs:
         return summary
 
-    engine = open_batch_engine(defaults, batch_size, voices=(), most=len(jobs))
+    engine = open_batch_engine(defaults, batch_size, most=len(jobs))
     events.started(len(jobs), engine.batch_size)
 
     def done(line: BatchLine, result: OfflineResult) -> None:
@@ -207,6 +232,8 @@ def talk_batch(path: Path, defaults: TalkSettings, batch_size: int | None, event
 
     try:
         run_batch(engine, jobs, done, lambda line, e: fail(BatchLineError(line.number, str(e))), ticked)
+    except Interrupted as e:
+        summary.interrupted = str(e)
     finally:
         engine.close()
     summary.wall_s = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -16,17 +17,42 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import layout
+from . import __version__, layout
 from . import personas as personas_lib
 from .errors import AimsvoiceError
+from .outputs import STDIO, OutputPathError, check_outputs
 
 app = typer.Typer(
     name="aimsvoice",
     help="A local, full-duplex voice agent: NVIDIA PersonaPlex on your own GPU.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+MAX_SEED = 2**63 - 1
+
+
+def _finite(value: float | None) -> float | None:
+    """Typer's ranges let nan and inf through; a number of seconds or minutes must be finite."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _version(show: bool) -> None:
+    if show:
+        console.print(f"aimsvoice {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """A local, full-duplex voice agent: NVIDIA PersonaPlex on your own GPU."""
+
+
 # Markup and highlighting off: file names, persona texts and messages are printed as they are
 # ("[agent].wav" stays itself); styles come from `style=` and Text, never from the string.
 console = Console(markup=False, highlight=False)
@@ -86,16 +112,22 @@ def talk(
     ] = None,
     text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed the samplers for a reproducible conversation.")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", min=0, max=MAX_SEED, help="Seed the samplers for a reproducible conversation.")
+    ] = None,
     input_device: InputDeviceOpt = None,
     output_device: OutputDeviceOpt = None,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Live: plain status lines instead of the live view.")] = False,
     record: Annotated[
         Optional[Path], typer.Option("--record", help="Live: a stereo WAV (left you, right the agent) plus a .json beside it.")
     ] = None,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="Live: end after this many minutes.")] = None,
+    max_minutes: Annotated[
+        Optional[float],
+        typer.Option("--max-minutes", min=0.0, max=7 * 24 * 60.0, callback=_finite, help="Live: end after this many minutes."),
+    ] = None,
     idle_timeout: Annotated[
-        Optional[float], typer.Option("--idle-timeout", min=0.0, help="Live: end after this many seconds of your silence.")
+        Optional[float],
+        typer.Option("--idle-timeout", min=0.0, max=86_400.0, callback=_finite, help="Live: end after this many seconds of your silence."),
     ] = None,
     aec: Annotated[
         Optional[bool],
@@ -157,23 +189,31 @@ def talk(
         live.talk_on_devices(settings, config, LiveView(rich=not no_ui, console=console))
         return
 
-    def show(out) -> None:
-        if out.text:
-            console.print(out.text, end="", markup=False, highlight=False)
+    from .ui import OfflineProgress
 
-    result = session.talk_offline(settings, in_path, out_path, transcript, on_step=show)
-    console.print()
-    seconds = len(result.agent_pcm) / 24_000
-    console.print(f"wrote {out_path} ({seconds:.2f} s)" + (f" and {transcript}" if transcript else ""), soft_wrap=True)
+    to_stdout = str(out_path) == STDIO  # the WAV goes to stdout: everything else to stderr
+    report = err_console if to_stdout else console
+    with OfflineProgress(err_console, words=None if to_stdout else console) as progress:
+        result = session.talk_offline(settings, in_path, out_path, transcript, on_step=progress.step)
+    written = ("standard output" if to_stdout else str(out_path)) + (f" and {transcript}" if transcript else "")
+    if result.partial:
+        raise session.Interrupted(
+            f"interrupted after {result.duration_s:.2f} s of {result.input_s:.2f} s: wrote what was computed to "
+            f"{written}" + (" (the transcript says partial)" if transcript else "")
+        )
+    report.print(f"wrote {written} ({result.duration_s:.2f} s)", soft_wrap=True)
 
 
 def _talk_batch(path: Path, settings, batch_size: int | None) -> None:
     from .batch import talk_batch
+    from .session import Interrupted
     from .ui import BatchProgress
 
     with BatchProgress(err_console) as progress:
         summary = talk_batch(path, settings, batch_size, progress)
     progress.summary(summary)
+    if summary.interrupted:
+        raise Interrupted(summary.interrupted)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -200,7 +240,8 @@ def personas_list(ctx: typer.Context) -> None:
     """List the personas: built-in ones, and yours from ~/.config/aimsvoice/personas/*.toml.
 
     A file of yours with a built-in's name overrides it; `talk` uses the default persona unless
-    given --persona.
+    given --persona. A file that does not load is named with its error (exit code 1), the others
+    are listed.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -208,7 +249,8 @@ def personas_list(ctx: typer.Context) -> None:
     table = Table(caption=caption)
     for column in ("name", "display name", "voice", "description", "source"):
         table.add_column(column, overflow="fold")
-    for name, persona in personas_lib.load_all().items():
+    found, broken = personas_lib.load_all()
+    for name, persona in found.items():
         label = Text(name, style="bold")
         if name == personas_lib.DEFAULT_PERSONA:
             label.append(" (default)", style="dim")
@@ -220,6 +262,10 @@ def personas_list(ctx: typer.Context) -> None:
             "built-in" if persona.is_builtin else "user",
         )
     console.print(table)
+    for error in broken:
+        err_console.print(Text.assemble(("error: ", "bold red"), f"{error} (not listed)"), soft_wrap=True)
+    if broken:
+        raise typer.Exit(1)
 
 
 @personas_app.command("show", epilog="Example: aimsvoice personas show strategist")
@@ -330,11 +376,13 @@ def voices(model: ModelOpt = None) -> None:
     (.wav, encoded once and cached). NVIDIA's eighteen come with the weights; a fine-tune may bring others.
     """
     from .engine import resolve_voice, voice_names
-    from .errors import VoiceNotFoundError
+    from .errors import ModelNotFoundError, VoiceNotFoundError
     from .session import resolve_model_dir
     from .ui import voices_table
 
     model_dir = resolve_model_dir(model)
+    if not model_dir.is_dir():
+        raise ModelNotFoundError(f"{model_dir}: no such model directory; check --model.")
     names = voice_names(model_dir)
     if not names:
         raise VoiceNotFoundError(
@@ -408,9 +456,10 @@ def bench_compute(
     ] = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
-    frames: Annotated[int, typer.Option("--frames", help="Ticks to measure per batch size.")] = 100,
+    frames: Annotated[int, typer.Option("--frames", min=1, max=1_000_000, help="Ticks to measure per batch size.")] = 100,
     warmup: Annotated[
-        Optional[int], typer.Option("--warmup", help="Ticks run and discarded first; default: 10, or --frames if fewer.")
+        Optional[int],
+        typer.Option("--warmup", min=0, max=100_000, help="Ticks run and discarded first; default: 10, or --frames if fewer."),
     ] = None,
     batch: Annotated[
         str, typer.Option("--batch", help="Conversations stepped together; a list measures each in turn, e.g. 1,2,4,8.")
@@ -466,8 +515,10 @@ def bench_turns(
     persona: PersonaOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the first sample (sample i: seed + i).")] = 0,
-    tail: Annotated[float, typer.Option("--tail", help="Seconds of silence fed after each input.wav.")] = 5.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED // 2, help="Seed of the first sample (sample i: seed + i).")] = 0,
+    tail: Annotated[
+        float, typer.Option("--tail", min=0.0, max=600.0, callback=_finite, help="Seconds of silence fed after each input.wav.")
+    ] = 5.0,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Write each sample's agent audio (output.wav) and result.json here.")
     ] = None,
@@ -487,6 +538,7 @@ def bench_turns(
     from . import bench as bench_lib
     from .bench.report import append_entry, markdown_turns, turns_view
 
+    check_outputs({"--append": append})
     settings = bench_lib.TurnsSettings(
         model=model, suite=suite, persona=persona, device=device.value, dtype=dtype.value, seed=seed, tail_s=tail, out=out, live=live,
     )
@@ -509,8 +561,12 @@ def bench_turns(
 
 @bench_app.command("aec", epilog="Examples:\n\n  aimsvoice bench aec\n\n  aimsvoice bench aec --noise-suppression --json")
 def bench_aec(
-    seconds: Annotated[float, typer.Option("--seconds", min=5.0, help="Length of the simulated echo.")] = 20.0,
-    delay_ms: Annotated[float, typer.Option("--delay-ms", help="Echo path delay.")] = 80.0,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=5.0, max=3600.0, callback=_finite, help="Length of the simulated echo.")
+    ] = 20.0,
+    delay_ms: Annotated[
+        float, typer.Option("--delay-ms", min=0.0, max=500.0, callback=_finite, help="Echo path delay (AEC3 follows up to ~500 ms).")
+    ] = 80.0,
     noise_suppression: Annotated[bool, typer.Option("--noise-suppression", help="Also run noise suppression.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -530,17 +586,47 @@ def bench_aec(
 
 
 def main() -> None:
-    """Console entry point: known errors become one line on stderr and a non-zero exit."""
+    """Console entry point: every error is one line on stderr and a non-zero exit (2 for a misused command).
+
+    Known errors print their message; a misused command prints click's message and where the help
+    is; Ctrl-C that no command handled prints "interrupted" (exit 130). AIMSVOICE_DEBUG=1 shows
+    tracebacks.
+    """
     try:
-        app()
+        code = app(standalone_mode=False)
     except AimsvoiceError as e:
         if os.environ.get("AIMSVOICE_DEBUG"):
             raise
-        err_console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        _fail(str(e), e.exit_code, prefix="" if e.exit_code == 130 else "error: ")
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130, prefix="")
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        message = e.format_message()  # type: ignore[attr-defined]
+        if not message:  # no arguments at all: the help was printed
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        context = getattr(e, "ctx", None)
+        where = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(f"{message}{where}", e.exit_code)  # type: ignore[attr-defined]
+    if code == 130:  # Typer turns a KeyboardInterrupt into a quiet exit status 130
+        _fail("interrupted", 130, prefix="")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """Click's errors (a misused command: an unknown option, a bad value), whichever click Typer runs on:
+    they carry a message and an exit code."""
+    return callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    err_console.print(Text.assemble((prefix, "bold red"), " ".join(message.split())), soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
     main()
+    check_outputs({"--append": append})
+    if out is not None and out.exists() and not out.is_dir():
+        raise OutputPathError(f"--out {out}: is a file; give a folder for the samples' audio and results")

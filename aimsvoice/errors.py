@@ -32,6 +32,10 @@ class PersonaError(AimsvoiceError):
     """An unknown persona, or a persona file that does not parse."""
 
 
+class PromptTooLongError(AimsvoiceError):
+    """A system prompt that would crowd the conversation out of the model's attention window."""
+
+
 class DeviceError(AimsvoiceError):
     """A compute device (cuda/cpu) that is not available."""
 

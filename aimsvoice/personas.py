@@ -84,12 +84,18 @@ def user_dir() -> Path:
     return xdg.config_dir() / "personas"
 
 
-def load_all() -> dict[str, Persona]:
-    """Every persona by name, sorted: the built-ins, then the user's (which override by name).
-
-    Raises `PersonaError` for the first persona file that does not parse or validate.
-    """
-    return {name: _parse(path, name) for name, path in sorted(_catalog().items())}
+def load_all() -> tuple[dict[str, Persona], list[PersonaError]]:
+    """Every persona that loads, by name, sorted (the built-ins, then the user's, which override by
+    name), and an error for each persona file that does not: one bad file hides no good one."""
+    catalog, clashes = _catalog()
+    errors: list[PersonaError] = list(clashes)
+    found: dict[str, Persona] = {}
+    for name, path in sorted(catalog.items()):
+        try:
+            found[name] = _parse(path, name)
+        except PersonaError as e:
+            errors.append(e)
+    return found, errors
 
 
 def load(name: str | None = None) -> Persona:
@@ -99,7 +105,10 @@ def load(name: str | None = None) -> Persona:
     Raises `PersonaError` for an unknown name (listing the choices) or an invalid file.
     """
     key = DEFAULT_PERSONA if name is None else name.strip().lower()
-    catalog = _catalog()
+    catalog, clashes = _catalog()
+    for clash in clashes:
+        if clash.name == key:
+            raise clash
     path = catalog.get(key)
     if path is None:
         choices = ", ".join(sorted(catalog)) or "none found"
@@ -110,26 +119,35 @@ def load(name: str | None = None) -> Persona:
     return _parse(path, key)
 
 
-def _catalog() -> dict[str, Path]:
-    """Persona name -> file, user files replacing built-ins of the same name."""
-    return {**_files_in(builtin_dir()), **_files_in(user_dir())}
+class DuplicatePersonaError(PersonaError):
+    """Two files of one folder define the same persona name (names are case-insensitive)."""
+
+    def __init__(self, name: str, first: Path, second: Path) -> None:
+        super().__init__(f"{first} and {second} both define persona {name!r} (names are case-insensitive); rename or remove one")
+        self.name = name
 
 
-def _files_in(folder: Path) -> dict[str, Path]:
+def _catalog() -> tuple[dict[str, Path], list[DuplicatePersonaError]]:
+    """Persona name -> file, user files replacing built-ins of the same name; and the names two files claim."""
+    builtin, builtin_errors = _files_in(builtin_dir())
+    user, user_errors = _files_in(user_dir())
+    return {**builtin, **user}, builtin_errors + user_errors
+
+
+def _files_in(folder: Path) -> tuple[dict[str, Path], list[DuplicatePersonaError]]:
     found: dict[str, Path] = {}
+    clashes: dict[str, DuplicatePersonaError] = {}
     if not folder.is_dir():
-        return found
+        return found, []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() != PERSONA_SUFFIX or path.name.startswith(".") or not path.is_file():
             continue
         name = path.stem.lower()
-        if name in found:
-            raise PersonaError(
-                f"{found[name]} and {path} both define persona {name!r} "
-                "(names are case-insensitive); rename or remove one"
-            )
+        if name in found or name in clashes:
+            clashes.setdefault(name, DuplicatePersonaError(name, found.pop(name, path), path))
+            continue
         found[name] = path
-    return found
+    return found, list(clashes.values())
 
 
 def _parse(path: Path, name: str) -> Persona:

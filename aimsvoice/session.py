@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import personas
 from .audio import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE, n_frames, read_wav, write_wav
+from .audio.wavio import check_audio_suffix
 from .engine import (
     BatchEngine, ConversationSpec, Engine, EngineConfig, FrameEngine, PersonaPlexBatch, SamplingConfig, StepOut,
     check_model, ensure_tiny_model, load_model, max_batch_size,
 )
 from .errors import AimsvoiceError, ModelNotFoundError
+from .interrupts import Interrupt, deferred_interrupt
+from .outputs import STDIO, check_outputs, replacing
 from .personas import Persona
 
 
@@ -71,12 +74,31 @@ class Transcript:
 
 @dataclass
 class OfflineResult:
-    """An offline conversation: the agent's audio (as long as the user's), its transcript, what it ran on."""
+    """An offline conversation: the agent's audio (as long as the user's), its transcript, what it ran on.
+
+    partial: it was interrupted (Ctrl-C); the audio and transcript cover the frames computed before.
+    """
 
     agent_pcm: np.ndarray
     transcript: Transcript
     compute_ms: list[float]
     engine: dict[str, Any] = field(default_factory=dict)  # the engine's description (model, device, voice...)
+    partial: bool = False
+    input_s: float = 0.0  # the user's audio, all of it
+
+    @property
+    def duration_s(self) -> float:
+        """The agent's audio computed (the input's length unless partial)."""
+        return len(self.agent_pcm) / SAMPLE_RATE
+
+
+class Interrupted(AimsvoiceError):
+    """Ctrl-C: what was computed is written (marked partial); the exit code is the shell's for SIGINT."""
+
+    exit_code = 130
+
+
+StepCallback = Callable[[StepOut, int, int], None]  # (the step's output, frames done, frames in all)
 
 
 class _Conversation:
@@ -100,24 +122,28 @@ class _Conversation:
         self.transcript.add(out)
         self.compute_ms.append(out.timings_ms.get("total", float("nan")))
 
-    def result(self) -> OfflineResult:
+    def result(self, partial: bool = False) -> OfflineResult:
         agent = np.concatenate(self.agent) if self.agent else np.zeros(0, dtype=np.float32)
-        return OfflineResult(agent[: self.n_samples], self.transcript, self.compute_ms, self.engine)
+        return OfflineResult(agent[: self.n_samples], self.transcript, self.compute_ms, self.engine, partial,
+                             self.n_samples / SAMPLE_RATE)
 
 
-def run_frames(
-    engine: FrameEngine, user_pcm: np.ndarray, on_step: Callable[[StepOut], None] | None = None
-) -> OfflineResult:
+def run_frames(engine: FrameEngine, user_pcm: np.ndarray, on_step: StepCallback | None = None) -> OfflineResult:
     """Feed user audio frame by frame; the agent's audio comes back aligned and of equal length.
 
     The last frame is zero-padded; output frame i is what the engine returned for input frame i.
+    Ctrl-C stops it between two frames: the result is then partial.
     """
     conversation = _Conversation(user_pcm, engine.describe())
-    while (frame := conversation.next_frame) is not None:
-        out = engine.step(frame)
-        conversation.add(out)
-        if on_step is not None:
-            on_step(out)
+    with deferred_interrupt() as ctrl_c:
+        while (frame := conversation.next_frame) is not None:
+            if ctrl_c.requested:
+                ctrl_c.handled()
+                return conversation.result(partial=True)
+            out = engine.step(frame)
+            conversation.add(out)
+            if on_step is not None:
+                on_step(out, len(conversation.agent), len(conversation.frames))
     return conversation.result()
 
 
@@ -143,12 +169,26 @@ def run_batch(
     under way. on_done(key, result) as each ends (output frame i answers input frame i, as in
     `run_frames`); on_error(key, error) for a job whose audio or voice fails (the others go on;
     without on_error it is raised); on_tick(n_frames) after each tick with the conversation
-    frames it computed.
+    frames it computed. Ctrl-C stops it between two ticks: the conversations under way end with
+    partial results, and Interrupted is raised (jobs not started are not run).
     """
-    pending = iter(jobs)
+    with deferred_interrupt() as ctrl_c:
+        _run_batch(engine, iter(jobs), on_done, on_error, on_tick, ctrl_c)
+
+
+def _run_batch(
+    engine: BatchEngine, pending: Iterator[BatchJob], on_done: Callable[[Any, OfflineResult], None],
+    on_error: Callable[[Any, AimsvoiceError], None] | None, on_tick: Callable[[int], None] | None, ctrl_c: Interrupt,
+) -> None:
     rows: dict[int, tuple[Any, _Conversation]] = {}
     exhausted = False
     while True:
+        if ctrl_c.requested:
+            ctrl_c.handled()
+            for row, (key, conversation) in rows.items():
+                engine.close_row(row)
+                on_done(key, conversation.result(partial=True))
+            raise Interrupted(f"interrupted: {len(rows)} conversation{'s' if len(rows) != 1 else ''} under way written as far as computed (marked partial)")
         while not exhausted and len(rows) < engine.batch_size:
             job = next(pending, None)
             if job is None:
@@ -220,11 +260,9 @@ def conversation_spec(settings: TalkSettings, persona: Persona) -> ConversationS
     )
 
 
-def check_model_dir(model: str | None) -> Path:
-    """The model folder `--model` names (see `resolve_model_dir`), its files checked before anything loads."""
-    model_dir = resolve_model_dir(model)
-    check_model(model_dir)
-    return model_dir
+def voice_file(voice: str | None) -> Path | None:
+    """A voice given as a file (an input that no output may overwrite); None for a voice name."""
+    return Path(voice) if voice and Path(voice).is_file() else None
 
 
 def open_engine(settings: TalkSettings) -> tuple[Engine, ConversationSpec, Persona]:
@@ -235,20 +273,20 @@ def open_engine(settings: TalkSettings) -> tuple[Engine, ConversationSpec, Perso
     persona = personas.load(settings.persona)
     spec = conversation_spec(settings, persona)
     model_dir = resolve_model_dir(settings.model)
-    check_model(model_dir, voices=(spec.voice,))
+    check_model(model_dir, (spec,))
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
     return Engine(model, EngineConfig(device=settings.device, dtype=settings.dtype)), spec, persona
 
 
 def open_batch_engine(
-    settings: TalkSettings, batch_size: int | None, voices: tuple[str, ...] = (), most: int | None = None,
+    settings: TalkSettings, batch_size: int | None, specs: tuple[ConversationSpec, ...] = (), most: int | None = None,
 ) -> PersonaPlexBatch:
     """Load the model for a batch of `batch_size` rows (None: as many as its memory allows, see `max_batch_size`).
 
-    voices: checked before the weights load; most: no more rows than this (the conversations there are).
+    specs: conversations checked before the weights load; most: no more rows than this (the conversations there are).
     """
     model_dir = resolve_model_dir(settings.model)
-    check_model(model_dir, voices)
+    check_model(model_dir, specs)
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
     size = max_batch_size(model) if batch_size is None else batch_size
     return PersonaPlexBatch(model, EngineConfig(device=settings.device, dtype=settings.dtype), max(1, min(size, most or size)))
@@ -267,26 +305,40 @@ def write_transcript(
         "persona": persona.name,
         **settings_context(settings, result.engine, conversation_spec(settings, persona)),
         "input": str(in_path),
-        "duration_s": round(len(result.agent_pcm) / SAMPLE_RATE, 3),
+        "duration_s": round(result.duration_s, 3),
+        **({"partial": True, "input_duration_s": round(result.input_s, 3)} if result.partial else {}),
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.transcript.to_json(**context), indent=1, ensure_ascii=False))
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(result.transcript.to_json(**context), indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def talk_offline(
     settings: TalkSettings, in_path: Path, out_path: Path, transcript_path: Path | None = None,
-    on_step: Callable[[StepOut], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> OfflineResult:
-    """A whole conversation from a file: user audio in, agent audio (and transcript) out."""
-    user_pcm = read_wav(in_path)
-    engine, spec, persona = open_engine(settings)
-    try:
-        engine.start(spec)
-        result = run_frames(engine, user_pcm, on_step)
-    finally:
-        engine.close()
-    write_wav(out_path, result.agent_pcm)
-    if transcript_path is not None:
-        write_transcript(transcript_path, result, settings, persona, in_path)
+    """A whole conversation from a file: user audio in, agent audio (and transcript) out.
+
+    The outputs are checked before anything loads, and written only once complete. `-` reads the
+    input from standard input or writes the audio to standard output. Ctrl-C while the
+    conversation runs writes what was computed (the result is partial); before it starts, nothing.
+    """
+    check_outputs({"--out": out_path, "--transcript": transcript_path}, inputs=(in_path, voice_file(settings.voice)))
+    check_audio_suffix(out_path)
+    with deferred_interrupt() as ctrl_c:
+        user_pcm = read_wav(in_path)
+        engine, spec, persona = open_engine(settings)
+        try:
+            if not ctrl_c.requested:
+                engine.start(spec)
+            if ctrl_c.requested:
+                ctrl_c.handled()
+                raise Interrupted("interrupted before the conversation started; nothing was written")
+            result = run_frames(engine, user_pcm, on_step)
+        finally:
+            engine.close()
+        write_wav(out_path, result.agent_pcm)
+        if transcript_path is not None:
+            write_transcript(transcript_path, result, settings, persona, Path(STDIO) if str(in_path) == STDIO else in_path)
+        ctrl_c.handled()  # a Ctrl-C while the files were written: they are complete, nothing is lost
     return result

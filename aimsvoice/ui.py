@@ -13,14 +13,15 @@ from pathlib import Path
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from .audio import SAMPLE_RATE
+from .audio import FRAME_MS, SAMPLE_RATE
 from .audio.devices import DeviceInfo
 from .batch import BatchLine, BatchLineError, BatchSummary
 from .live.stats import LiveSnapshot, LiveSummary
+from .engine.contract import StepOut
 from .session import OfflineResult
 
 REFRESH_HZ = 4
@@ -229,7 +230,8 @@ class BatchProgress:
     def done(self, line: BatchLine, result: OfflineResult) -> None:
         seconds = len(result.agent_pcm) / SAMPLE_RATE
         also = f" and {line.transcript}" if line.transcript is not None else ""
-        self._print(f"line {line.number}: wrote {line.out_path} ({seconds:.2f} s){also}")
+        partial = f" (partial: {seconds:.2f} s of {result.input_s:.2f} s)" if result.partial else f" ({seconds:.2f} s)"
+        self._print(f"line {line.number}: wrote {line.out_path}{partial}{also}")
         if self._task is not None:
             self._progress.advance(self._task)
 
@@ -261,3 +263,53 @@ def voices_table(voices: list[tuple[str, Path]]) -> Table:
         kind = "prompt state, replayed as is" if path.suffix == ".pt" else "audio, encoded once and cached"
         table.add_row(Text(name), kind, Text(path.name))
     return table
+
+
+class OfflineProgress:
+    """`talk --in/--out` as it goes: on a terminal a progress bar on `console` (frames, real-time
+    factor, time left, the latest words); off a terminal the agent's words as plain text on `words`
+    (None: nothing), so a pipe gets the text and no bar."""
+
+    def __init__(self, console: Console, words: Console | None) -> None:
+        self.console = console
+        self.words = words
+        self.live = console.is_terminal
+        self._progress = Progress(
+            TextColumn("talk"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("frames · real-time factor {task.fields[rtf]} ·"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[said]}", markup=False),
+            console=console,
+            disable=not self.live,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+        self._said = ""
+        self._compute_ms = 0.0
+        self._printed_words = False
+
+    def __enter__(self) -> OfflineProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+        if self._printed_words and self.words is not None:
+            self.words.print()
+
+    def step(self, out: StepOut, done: int, total: int) -> None:
+        """One frame computed (`talk_offline`'s on_step)."""
+        self._compute_ms += out.timings_ms.get("total", 0.0)
+        if not self.live:
+            if out.text and self.words is not None:
+                self.words.print(out.text, end="", soft_wrap=True)
+                self._printed_words = True
+            return
+        if self._task is None:
+            self._task = self._progress.add_task("talk", total=total, rtf="-", said="")
+        if out.text:
+            self._said = (self._said + out.text)[-40:]
+        rtf = self._compute_ms / (done * FRAME_MS)
+        self._progress.update(self._task, completed=done, rtf=f"{rtf:.2f}", said=self._said.strip())

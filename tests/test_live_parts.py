@@ -183,19 +183,23 @@ def read_stereo(path: Path) -> np.ndarray:
 
 
 def test_recorder_writes_user_left_agent_right_and_a_valid_file_at_every_flush(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "r.wav").write_bytes(b"an older recording")
     rec = Recorder(tmp_path / "sub" / "r.wav")
     user = np.linspace(-0.5, 0.5, 1920, dtype=np.float32)
     agent = np.full(1920, 0.25, dtype=np.float32)
     rec.push(user, agent)
     rec.flush()
-    on_disk = read_stereo(tmp_path / "sub" / "r.wav")  # readable while still open
+    on_disk = read_stereo(rec.partial_path)  # readable while still open, beside the path
     assert on_disk.shape == (1920, 2)
+    assert (tmp_path / "sub" / "r.wav").read_bytes() == b"an older recording", "replaced only once complete"
     rec.push(agent, user)
     rec.close({"persona": "test", "stats": {"frames": 2}})
     pcm = read_stereo(tmp_path / "sub" / "r.wav")
     np.testing.assert_array_equal(pcm[:1920, 0], np.round(user * 32767).astype(np.int16))
     np.testing.assert_array_equal(pcm[:1920, 1], np.full(1920, round(0.25 * 32767)))
     np.testing.assert_array_equal(pcm[1920:, 1], np.round(user * 32767).astype(np.int16))
+    assert not rec.partial_path.exists()
     meta = json.loads((tmp_path / "sub" / "r.json").read_text())
     assert meta["persona"] == "test" and meta["stats"] == {"frames": 2}
     assert meta["audio"]["duration_s"] == 0.16 and meta["audio"]["lost_s"] == 0.0

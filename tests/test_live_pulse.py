@@ -124,30 +124,42 @@ def test_stalls_hold_the_bounds_and_latency_recovers_within_a_second(pulse: Puls
     assert any(line.startswith("dropped: input") for line in lines)  # and in the summary
 
 
+def piece_similarities(played: np.ndarray, speech: np.ndarray, piece: int = 2400, slack: int = 2400) -> np.ndarray:
+    """Similarity of each 100 ms piece of the speech's middle to its best match in `played` near where it
+    should be: a cut the real-time loop made (shed audio, counted) spoils the pieces it falls in, not the rest."""
+    start = find(played, speech)
+    similarities = []
+    for offset in range(len(speech) // 10, len(speech) * 9 // 10 - piece, piece):
+        needle = speech[offset : offset + piece]
+        lo = max(start + offset - slack, 0)
+        window = played[lo : start + offset + piece + slack]
+        at = find(window, needle)
+        got = window[at : at + piece]
+        similarities.append(float(np.dot(got, needle) / (np.linalg.norm(got) * np.linalg.norm(needle) + 1e-12)))
+    return np.array(similarities)
+
+
 def test_devices_at_another_rate_are_resampled(pulse: PulseServer, tmp_path: Path) -> None:
     t = np.arange(2 * 24000) / 24000
     rng = np.random.default_rng(3)
     tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in (170, 330, 520, 780))
     speech = (0.08 * tones * np.hanning(len(t))).astype(np.float32)
     silence = np.zeros(6000, dtype=np.float32)
-    # Fidelity is only measurable in a session the machine kept up with: on a 2-core machine other
-    # work can make the real-time loop shed audio (counted, by design), so one retry is allowed.
+    # On a busy 2-core machine the real-time loop may shed audio (counted, by design); fidelity is
+    # judged piece by piece, so a cut spoils a piece or two, not the verdict. A second run is
+    # allowed for a machine so busy that it cut everywhere.
     for attempt in range(2):
         run_dir = tmp_path / f"attempt-{attempt}"
         run_dir.mkdir()
         summary, played, _ = talk_over(pulse, run_dir, np.concatenate([silence, speech, silence]), device_rate=48000)
-        disturbed = (summary["underruns"], summary["input_shed_ms"], summary["output_shed_ms"])
-        if disturbed == (0, 0.0, 0.0):
+        similarities = piece_similarities(played, speech)
+        if np.median(similarities) > 0.98 and np.mean(similarities > 0.95) >= 0.75:
             break
     else:
-        pytest.fail(f"the machine did not keep up in real time twice (underruns, shed in/out ms): {disturbed}")
-
+        disturbed = (summary["underruns"], summary["input_shed_ms"], summary["output_shed_ms"])
+        pytest.fail(f"resampled audio unlike the original: pieces {np.round(similarities, 3)}; underruns, shed in/out ms: {disturbed}")
     meta = json.loads((run_dir / "r.json").read_text())
     assert (meta["settings"]["capture_rate"], meta["settings"]["playback_rate"]) == (48000, 48000)
-    start = find(played, speech)
-    got = played[start : start + len(speech)]
-    similarity = float(np.dot(got, speech) / np.linalg.norm(got) / np.linalg.norm(speech))
-    assert similarity > 0.98
 
 
 def test_a_lost_device_is_one_line_and_the_recording_is_kept(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from aimsvoice import personas
+from aimsvoice.audio import write_wav
 from aimsvoice.errors import PersonaError
 from aimsvoice.layout import VOICE_NAMES
 
@@ -29,7 +32,8 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_builtins_load_with_builtin_voices_and_real_prompts(user_dir: Path) -> None:
-    found = personas.load_all()
+    found, broken = personas.load_all()
+    assert broken == []
     assert set(found) == {*BRIEF_PERSONAS, personas.DEFAULT_PERSONA}
     for name, persona in found.items():
         assert persona.name == name
@@ -72,7 +76,8 @@ def test_user_personas_add_and_override(user_dir: Path) -> None:
     )
     (user_dir / "pirate.toml").write_text('text_prompt = "You are a pirate captain named Mara."\n')
 
-    found = personas.load_all()
+    found, broken = personas.load_all()
+    assert broken == []
     assert set(found) == {*BRIEF_PERSONAS, personas.DEFAULT_PERSONA, "pirate"}
 
     coach = found["headcoach"]
@@ -125,12 +130,13 @@ def test_bad_persona_files_give_one_line_errors(
 ) -> None:
     path = user_dir / "broken.toml"
     path.write_text(content)
-    for call in (lambda: personas.load("broken"), personas.load_all):
-        with pytest.raises(PersonaError) as info:
-            call()
-        message = str(info.value)
+    with pytest.raises(PersonaError) as info:
+        personas.load("broken")
+    found, (error, *more) = personas.load_all()
+    for message in (str(info.value), str(error)):
         assert "\n" not in message
         assert str(path) in message and expected in message
+    assert not more and "broken" not in found and "headcoach" in found
     # Only the asked-for persona is parsed: a broken file elsewhere does not block it.
     assert personas.load("headcoach").is_builtin
 
@@ -139,7 +145,10 @@ def test_names_differing_only_in_case_are_rejected(user_dir: Path) -> None:
     (user_dir / "pirate.toml").write_text('text_prompt = "You are a pirate."\n')
     (user_dir / "Pirate.toml").write_text('text_prompt = "You are another pirate."\n')
     with pytest.raises(PersonaError, match="both define persona 'pirate'"):
-        personas.load("assistant")
+        personas.load("pirate")
+    assert personas.load("assistant").is_builtin  # the clash does not block other personas
+    found, (clash,) = personas.load_all()
+    assert "pirate" not in found and "both define persona 'pirate'" in str(clash)
 
 
 def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
@@ -180,7 +189,17 @@ def test_cli_errors_are_one_line_without_traceback(user_dir: Path) -> None:
     assert "Traceback" not in unknown.stderr
 
     (user_dir / "broken.toml").write_text('text_prompt = "You are x."\nvoice = "a/b"\n')
-    broken = _cli("personas", config=user_dir.parent.parent)
-    assert broken.returncode != 0
-    assert len(broken.stderr.strip().splitlines()) == 1
-    assert "voice 'a/b' is neither" in broken.stderr and "Traceback" not in broken.stderr
+    (user_dir / "[odd].toml").write_text('text_prompt = "You are x."\n[sampling]\ntemp = 1\n')
+    (user_dir / "fine.toml").write_text('text_prompt = "You are [fine]."\n')
+    listed = _cli("personas", config=user_dir.parent.parent)
+    assert listed.returncode == 1
+    errors = listed.stderr.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in listed.stderr
+    assert any("broken.toml" in e and "voice 'a/b' is neither" in e for e in errors)
+    assert any("[odd].toml" in e and "unknown [sampling] key 'temp'" in e for e in errors)
+    assert " fine " in listed.stdout and " headcoach " in listed.stdout  # the good ones are listed
+    shown = _cli("personas", "show", "fine", config=user_dir.parent.parent)
+    assert "You are [fine]." in shown.stdout
+    user = write_wav(user_dir / "user.wav", np.zeros(24_000, dtype=np.float32))
+    talk = _cli("talk", "--persona", "broken", "--in", str(user), "--out", str(user_dir / "b.wav"), config=user_dir.parent.parent)
+    assert talk.returncode == 1 and len(talk.stderr.strip().splitlines()) == 1 and "a/b" in talk.stderr

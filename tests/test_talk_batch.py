@@ -126,6 +126,6 @@ def test_two_lines_writing_one_file_and_an_output_over_its_input_are_refused(cal
     code, _, err = run_main(["talk", "--model", "tiny", "--batch", str(batch)], capsys, monkeypatch)
     assert code == 1
     assert "line 2: " in err and "also written by line 1" in err
-    assert "line 3: " in err and "both read and written" in err
+    assert "line 3: " in err and "is also an input" in err
     assert read_wav(calls / "c.wav").shape == (3 * 24_000,)  # the input is intact
     assert "1 conversation written, 2 failed (lines 2, 3)" in err

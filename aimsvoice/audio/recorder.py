@@ -3,12 +3,15 @@
 The step thread hands each frame pair to `Recorder.push`, which only copies into ring buffers;
 another thread calls `flush` to move them to disk. The stdlib `wave` writer rewrites the header
 sizes after every write, so the file on disk is a valid WAV after each flush: whatever ends the
-session, everything flushed so far is playable. `close` writes the rest and the JSON sidecar.
+session, everything flushed so far is playable. The WAV grows beside its path (`.NAME.partial`)
+and `close` renames it over the path once complete, with the JSON sidecar: a recording already
+there is replaced only by a whole new one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import wave
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AudioFileError
+from ..outputs import replacing
 from .format import SAMPLE_RATE
 from .ringbuffer import RingBuffer
 
@@ -28,6 +32,7 @@ class Recorder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.json_path = self.path.with_suffix(".json")
+        self.partial_path = self.path.with_name(f".{self.path.name}.partial")
         capacity = int(BUFFER_SECONDS * SAMPLE_RATE)
         self._user = RingBuffer(capacity)
         self._agent = RingBuffer(capacity)
@@ -36,7 +41,7 @@ class Recorder:
         self.lost_samples = 0  # samples the rings could not take (only if flushing stops)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._wav = wave.open(str(self.path), "wb")
+            self._wav = wave.open(str(self.partial_path), "wb")
         except OSError as e:
             raise AudioFileError(
                 f"{self.path}: cannot write the recording ({e.strerror}); pick a writable --record path."
@@ -68,6 +73,7 @@ class Recorder:
         """Flush, finish the WAV and write `metadata` (plus the audio layout) as the JSON sidecar."""
         self.flush()
         self._wav.close()
+        os.replace(self.partial_path, self.path)
         document = {
             "audio": {
                 "path": self.path.name,
@@ -78,4 +84,5 @@ class Recorder:
             },
             **metadata,
         }
-        self.json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with replacing(self.json_path) as tmp:
+            tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ..outputs import replacing
 from .compute import STAGES, BatchRun, ComputeReport
 from .suite import INTERRUPTION, PAUSE, TURN_TAKING
 from .turns import METHOD, REFERENCE, SampleResult, TurnsReport, summarize
@@ -205,4 +206,5 @@ def append_entry(path: Path, entry: str) -> None:
     """Append an entry at the end of a markdown file (created with a title if missing)."""
     path = Path(path)
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    path.write_text(text.rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n")
+    with replacing(path) as tmp:
+        tmp.write_text(text.rstrip("\n") + "\n\n" + entry.rstrip("\n") + "\n")

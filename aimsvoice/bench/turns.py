@@ -259,7 +259,7 @@ def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None]
     def spec_for(i: int, _sample: Sample) -> ConversationSpec:
         return replace(base, seed=settings.seed + i)
 
-    batch = open_batch_engine(talk, settings.batch_size, voices=(base.voice,), most=len(samples))
+    batch = open_batch_engine(talk, settings.batch_size, (base,), most=len(samples))
     model = batch.model
     try:
         model_time = evaluate_batch(samples, batch, spec_for, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "EngineConfig": ".config",
     "SamplingConfig": ".config",
     "LoadedModel": ".load",
+    "ModelCheck": ".load",
     "check_model": ".load",
     "load_model": ".load",
     "max_batch_size": ".memory",

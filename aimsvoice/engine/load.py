@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from .. import layout
 from ..audio.format import FRAME_RATE, SAMPLE_RATE
 from ..errors import DeviceError, ModelFileError, ModelNotFoundError
+from .contract import ConversationSpec
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ PERSONAPLEX_LM_KWARGS: dict[str, Any] = {
     "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
 }
 
+_FILE_KEYS = ("moshi_name", "mimi_name", "tokenizer_name", "mimi_config_name")  # config.json keys naming files
 # Keys of config.json that name files or uses, not the LM's architecture (moshi's convention).
 _NON_ARCHITECTURE_KEYS = (
     "moshi_name", "mimi_name", "tokenizer_name", "mimi_config_name", "lora_name", "model_type",
@@ -103,15 +105,10 @@ def read_model_files(directory: Path) -> ModelFiles:
     if not directory.is_dir():
         raise ModelNotFoundError(f"{directory}: no such model directory; check --model.")
     config_path = directory / layout.CONFIG_NAME
-    raw: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            raw = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelFileError(
-                f"{config_path}: not valid JSON ({e}); re-download with `aimsvoice pull-weights`."
-            ) from e
-    config = dict(raw)
+    config: dict[str, Any] = _read_json_object(config_path, "re-download it with `aimsvoice pull-weights`") if config_path.is_file() else {}
+    for key in _FILE_KEYS:
+        if key in config and not (isinstance(config[key], str) and config[key]):
+            raise ModelFileError(f"{config_path}: {key} must name a file of the folder, not {json.dumps(config[key])}; fix or remove it.")
     lm = directory / config.get("moshi_name", layout.LM_NAME)
     mimi = directory / config.get("mimi_name", layout.MIMI_NAME)
     tokenizer = directory / config.get("tokenizer_name", layout.TEXT_TOKENIZER_NAME)
@@ -125,22 +122,60 @@ def read_model_files(directory: Path) -> ModelFiles:
         )
     mimi_config = None
     if mimi_config_name:
-        mimi_config = json.loads((directory / mimi_config_name).read_text())
+        mimi_config = _read_json_object(directory / mimi_config_name, "use the Mimi config that came with these weights")
     for key in _NON_ARCHITECTURE_KEYS:
         config.pop(key, None)
     lm_kwargs = config if "dim" in config else dict(PERSONAPLEX_LM_KWARGS)
     return ModelFiles(directory, lm, mimi, tokenizer, mimi_config, lm_kwargs)
 
 
-def check_model(directory: Path, voices: tuple[str, ...] = ()) -> ModelFiles:
-    """What can be checked before loading: the model's files are there, and these voices resolve."""
-    from .prompts import resolve_voice
+class ModelCheck:
+    """What can be checked before the weights load: the model's files (on creation), then each conversation's
+    voice (it resolves) and system prompt (it fits the attention window, see `prompts.check_prompt_fits`)."""
 
-    files = read_model_files(directory)
-    for voice in voices:
-        if voice:
-            resolve_voice(voice, files.directory)
-    return files
+    def __init__(self, directory: Path) -> None:
+        self.files = read_model_files(directory)
+        self._tokenizer: sentencepiece.SentencePieceProcessor | None = None
+
+    def conversation(self, spec: ConversationSpec) -> None:
+        from .prompts import check_prompt_fits, load_voice, wrap_system_tags
+
+        voice_steps = load_voice(spec.voice, self.files.directory).n_steps if spec.voice else 0
+        n_tokens = 0
+        if spec.text_prompt.strip():
+            self._tokenizer = self._tokenizer or _load_tokenizer(self.files)
+            n_tokens = len(self._tokenizer.encode(wrap_system_tags(spec.text_prompt)))
+        check_prompt_fits(voice_steps, n_tokens, self.files.lm_kwargs.get("context"))
+
+
+def check_model(directory: Path, specs: tuple[ConversationSpec, ...] = ()) -> ModelFiles:
+    """Check the model's files and these conversations before the weights load (see `ModelCheck`)."""
+    check = ModelCheck(directory)
+    for spec in specs:
+        check.conversation(spec)
+    return check.files
+
+
+def _load_tokenizer(files: ModelFiles) -> sentencepiece.SentencePieceProcessor:
+    try:
+        return sentencepiece.SentencePieceProcessor(str(files.tokenizer))  # type: ignore[call-arg]
+    except Exception as e:  # sentencepiece raises RuntimeError, OSError or worse on a bad file
+        raise ModelFileError(
+            f"{files.tokenizer}: not a sentencepiece model ({e}); re-download with `aimsvoice pull-weights`."
+        ) from e
+
+
+def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object, or one line naming what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path}: not valid JSON ({e}); {fix}.") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read it ({e.strerror}); check its permissions.") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings; {fix}.")
+    return data
 
 
 def fingerprint(files: ModelFiles) -> str:
@@ -192,6 +227,11 @@ def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> Lo
         mimi = loaders.get_mimi(files.mimi, files.mimi_config, device=torch_device, num_codebooks=AGENT_CODEBOOKS)
     except RuntimeError as e:
         raise _shape_error(files.mimi, e) from e
+    except Exception as e:  # a Mimi config of the wrong shape fails anywhere in moshi's constructors
+        raise ModelFileError(
+            f"{files.directory}: the Mimi config its config.json names is not one moshi can build "
+            f"({type(e).__name__}: {e}); use the Mimi config that came with these weights."
+        ) from e
     if mimi.sample_rate != SAMPLE_RATE or mimi.frame_rate != FRAME_RATE:
         raise ModelFileError(
             f"{files.mimi}: Mimi runs at {mimi.sample_rate} Hz / {mimi.frame_rate} fps, aimsvoice needs "
@@ -203,9 +243,10 @@ def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> Lo
         lm = loaders.get_moshi_lm(files.lm, lm_kwargs=files.lm_kwargs, device=torch_device, dtype=torch_dtype)
     except RuntimeError as e:
         raise _shape_error(files.lm, e) from e
-    except TypeError as e:
+    except Exception as e:  # wrong keys or types in the architecture fail anywhere in moshi's constructors
         raise ModelFileError(
-            f"{files.directory / layout.CONFIG_NAME}: not a moshi LM config ({e}); fix or remove its architecture keys."
+            f"{files.directory / layout.CONFIG_NAME}: not a moshi LM config ({type(e).__name__}: {e}); "
+            "fix or remove its architecture keys."
         ) from e
     if lm.dep_q != 2 * AGENT_CODEBOOKS or lm.n_q != 2 * AGENT_CODEBOOKS:
         raise ModelFileError(
@@ -217,10 +258,5 @@ def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> Lo
         # Extra intra-op threads only add synchronization to tiny ops, and on a busy machine they
         # spin against other work: measured on 2 cores, 26 ms of CPU per frame on one thread, 300 on two.
         torch.set_num_threads(1)
-    try:
-        tokenizer = sentencepiece.SentencePieceProcessor(str(files.tokenizer))  # type: ignore[call-arg]
-    except (RuntimeError, OSError) as e:
-        raise ModelFileError(
-            f"{files.tokenizer}: not a sentencepiece model ({e}); re-download with `aimsvoice pull-weights`."
-        ) from e
+    tokenizer = _load_tokenizer(files)
     return LoadedModel(files, lm, mimi, tokenizer, torch_device, torch_dtype, fingerprint(files))

@@ -50,12 +50,13 @@ from .config import EngineConfig, SamplingConfig
 from .contract import ConversationSpec, SoloEngine, StepOut
 from .load import AGENT_CODEBOOKS, LoadedModel
 from .prompts import (
-    SILENCE_SECONDS,
+    SILENCE_FRAMES,
     SILENCE_TOKENS,
     SINE_TOKENS,
     TEXT_PAD,
     PromptState,
     VoicePrompt,
+    check_prompt_fits,
     load_voice,
     prompt_cache_path,
     wrap_system_tags,
@@ -69,7 +70,6 @@ AGENT = slice(1, 1 + AGENT_CODEBOOKS)  # channels of the agent's codebooks
 USER = slice(1 + AGENT_CODEBOOKS, 1 + 2 * AGENT_CODEBOOKS)  # channels of the user's codebooks
 WARMUP_FRAMES = 4
 SAMPLED_WARMUP_FRAMES = 2  # then with sampling on: its CUDA graph is captured before any conversation
-SILENCE_FRAMES = int(SILENCE_SECONDS * FRAME_RATE)
 VOICE_MEMORY = 32  # voices kept loaded by a batch engine, most recently used
 
 LogitsHook = Callable[[torch.Tensor, torch.Tensor], None]
@@ -441,11 +441,10 @@ class PersonaPlexBatch:
     def open(self, spec: ConversationSpec) -> int:
         """Take a free row for a conversation and queue its system prompt (run by the next ticks)."""
         voice = self.voice(spec.voice) if spec.voice else None
-        plan = (self._voice_plan(voice) if voice is not None else []) + self._spacer()
-        if spec.text_prompt.strip():
-            ids = self.tokenizer.encode(wrap_system_tags(spec.text_prompt))
-            plan += [_PromptStep(self._sine, self._silence, token) for token in ids]
-        plan += self._spacer()
+        ids = self.tokenizer.encode(wrap_system_tags(spec.text_prompt)) if spec.text_prompt.strip() else []
+        voice_plan = self._voice_plan(voice) if voice is not None else []
+        check_prompt_fits(len(voice_plan), len(ids), self.model.files.lm_kwargs.get("context"))
+        plan = voice_plan + self._spacer() + [_PromptStep(self._sine, self._silence, token) for token in ids] + self._spacer()
         cache_path = prompt_cache_path(voice, self.prompt_cache_key) if voice is not None and voice.audio is not None else None
         row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path))
         self.gen._state().sampling.set_row(row, spec.sampling, spec.seed)

@@ -17,14 +17,18 @@ import pyloudnorm
 import torch
 
 from .. import layout, xdg
-from ..audio.format import SAMPLE_RATE
+from ..audio.format import FRAME_RATE, SAMPLE_RATE, n_frames
 from ..audio.wavio import read_wav
-from ..errors import AudioFileError, VoiceNotFoundError
+from ..errors import AudioFileError, PromptTooLongError, VoiceNotFoundError
 
 SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)  # Mimi codes of a silent frame
 SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)  # Mimi codes of a 440 Hz sine frame
 TEXT_PAD = 3  # the text stream's padding token, forced while the voice prompt plays
 SILENCE_SECONDS = 0.5  # spacer after the voice prompt and after the text prompt
+SILENCE_FRAMES = int(SILENCE_SECONDS * FRAME_RATE)
+# The system prompt may take this share of the attention window, so the conversation has at least
+# a third of it (80 s on PersonaPlex 7B's 3000 steps; the persona's prompts take 5-15 % of it).
+MAX_PROMPT_SHARE = 2 / 3
 VOICE_LUFS = -24.0  # loudness the voice prompt audio is normalized to
 SYSTEM_TAG = "<system>"
 
@@ -85,10 +89,38 @@ class VoicePrompt:
     state: PromptState | None = None
 
     @property
+    def n_steps(self) -> int:
+        """Steps the voice prompt takes: a frame of audio each, or a replayed embedding each after the dropped first."""
+        if self.state is not None:
+            return self.state.embeddings.shape[0] + 1
+        assert self.audio is not None
+        return n_frames(len(self.audio))
+
+    @property
     def content_hash(self) -> str:
         """Hash of the audio samples, the key of the on-disk prompt-state cache."""
         assert self.audio is not None
         return hashlib.sha256(np.ascontiguousarray(self.audio).tobytes()).hexdigest()[:24]
+
+
+def check_prompt_fits(voice_steps: int, n_text_tokens: int, context: int | None) -> None:
+    """The system prompt (voice, silences, text) must leave most of the attention window to the conversation.
+
+    Raises PromptTooLongError with the numbers and the limit when it takes more than MAX_PROMPT_SHARE.
+    """
+    if context is None:
+        return
+    steps = voice_steps + 2 * SILENCE_FRAMES + n_text_tokens
+    limit = int(MAX_PROMPT_SHARE * context)
+    if steps <= limit:
+        return
+    room = max(limit - voice_steps - 2 * SILENCE_FRAMES, 0)
+    raise PromptTooLongError(
+        f"the text prompt is {n_text_tokens:,} tokens: with the voice prompt ({voice_steps} steps) and two "
+        f"{SILENCE_SECONDS:g} s silences ({2 * SILENCE_FRAMES}) the system prompt takes {steps:,} steps of the model's "
+        f"{context:,}-step attention window ({context / FRAME_RATE:.0f} s); it may take at most {limit:,} (two thirds), so "
+        f"the conversation has the rest: shorten the text prompt to {room:,} tokens or fewer (about {4 * room:,} characters)."
+    )
 
 
 def normalize_loudness(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE, lufs: float = VOICE_LUFS) -> np.ndarray:

@@ -13,6 +13,7 @@ from ..audio.devices import AudioConfig, list_devices, match_device, open_duplex
 from ..audio.recorder import Recorder
 from ..engine.contract import FrameEngine
 from ..errors import AudioDeviceError
+from ..outputs import OutputPathError, check_outputs
 from ..session import TalkSettings, open_engine, settings_context
 from .pipeline import LivePipeline
 from .stats import LiveObserver, LiveSummary
@@ -134,8 +135,13 @@ def talk_live(
 def talk_on_devices(settings: TalkSettings, config: LiveConfig = LiveConfig(), view: LiveObserver | None = None) -> LiveSummary:
     """`aimsvoice talk` without --in/--out: load the model and persona, then `talk_live`.
 
-    The devices are resolved first, so a wrong --input-device fails before the model loads.
+    The recording's paths and the devices are checked first, so a wrong --record or --input-device
+    fails before the model loads.
     """
+    if config.record is not None:
+        check_outputs({"--record": config.record, "--record (its JSON)": config.record.with_suffix(".json")})
+        if config.record.suffix.lower() != ".wav":
+            raise OutputPathError(f"--record {config.record}: the recording is a stereo WAV; name it {config.record.with_suffix('.wav').name}")
     found = list_devices()
     match_device(found, config.audio.input_device, "input")
     match_device(found, config.audio.output_device, "output")
