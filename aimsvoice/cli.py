@@ -412,6 +412,66 @@ def devices() -> None:
     console.print(devices_table(found))
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  aimsvoice serve --model tiny\n\n"
+    "  aimsvoice serve --ssl self-signed --max-sessions 8 --session-minutes 4 --idle-timeout 60\n\n"
+    "  aimsvoice serve --host 0.0.0.0 --token-file ~/.config/aimsvoice/token --allow-origin https://app.example.com\n\n"
+    "  aimsvoice serve --unload-after 600 --record calls/",
+)
+def serve(
+    model: ModelOpt = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.auto,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback a --token-file is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8998,
+    ssl: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ssl", metavar="DIR|self-signed",
+            help="TLS: a folder with cert.pem and key.pem, or `self-signed` (made once, kept in the config folder).",
+        ),
+    ] = None,
+    max_sessions: Annotated[
+        Optional[int], typer.Option("--max-sessions", min=1, help="Sessions at once, one batch row each; default: what memory holds, at most 16."),
+    ] = None,
+    session_minutes: Annotated[
+        Optional[float], typer.Option("--session-minutes", min=0.01, help="End a session after this many minutes live.")
+    ] = None,
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", min=0.0, help="End a session after this many seconds without the user's voice; 0: never.")
+    ] = 300.0,
+    unload_after: Annotated[
+        Optional[float], typer.Option("--unload-after", min=0.0, help="Unload the model after this many seconds without a session.")
+    ] = None,
+    token_file: Annotated[
+        Optional[Path], typer.Option("--token-file", help="A file holding the bearer token clients must send (header or ?token=).")
+    ] = None,
+    allow_origin: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow-origin", metavar="ORIGIN", help="A browser origin allowed to connect (repeatable; `*`: any)."),
+    ] = None,
+    record: Annotated[
+        Optional[Path], typer.Option("--record", help="Keep a stereo WAV (left the user, right the agent) and a .json per session here.")
+    ] = None,
+) -> None:
+    """Serve PersonaPlex over WebSocket: several sessions on one device, each a row of one batch.
+
+    /api/chat speaks NVIDIA's reference protocol (PersonaPlex and Moshi web clients work
+    unchanged); /ws the JSON persona_config protocol with raw PCM or Opus; /healthz and /metrics
+    (Prometheus) for operations. Sessions beyond --max-sessions are refused at once with a reason.
+    """
+    from .server import ServerConfig
+    from .server import serve as run_server
+
+    config = ServerConfig(
+        model=model, device=device.value, dtype=dtype.value, host=host, port=port, ssl=ssl, max_sessions=max_sessions,
+        session_minutes=session_minutes, idle_timeout=idle_timeout or None, unload_after=unload_after,
+        token_file=token_file, allow_origins=tuple(allow_origin or ()), record=record,
+    )
+    run_server(config, echo=lambda line: err_console.print(line, soft_wrap=True))
+
+
 bench_app = typer.Typer(
     help="Measure frame compute, and switch latency and interruption handling (Full-Duplex-Bench).",
     no_args_is_help=True,
@@ -476,6 +536,7 @@ def bench_compute(
     from . import bench as bench_lib
     from .bench.report import append_entry, compute_view, markdown_compute
 
+    check_outputs({"--append": append})
     settings = bench_lib.ComputeSettings(
         model=model, random_weights=random_weights.value if random_weights else None,
         device=device.value, dtype=dtype.value, batch_sizes=_batch_sizes(batch), frames=frames, warmup=warmup,
@@ -539,6 +600,8 @@ def bench_turns(
     from .bench.report import append_entry, markdown_turns, turns_view
 
     check_outputs({"--append": append})
+    if out is not None and out.exists() and not out.is_dir():
+        raise OutputPathError(f"--out {out}: is a file; give a folder for the samples' audio and results")
     settings = bench_lib.TurnsSettings(
         model=model, suite=suite, persona=persona, device=device.value, dtype=dtype.value, seed=seed, tail_s=tail, out=out, live=live,
     )
@@ -627,6 +690,3 @@ def _fail(message: str, code: int, prefix: str = "error: ") -> None:
 
 if __name__ == "__main__":
     main()
-    check_outputs({"--append": append})
-    if out is not None and out.exists() and not out.is_dir():
-        raise OutputPathError(f"--out {out}: is a file; give a folder for the samples' audio and results")

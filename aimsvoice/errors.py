@@ -50,3 +50,7 @@ class AudioDeviceError(AimsvoiceError):
 
 class BenchError(AimsvoiceError):
     """A benchmark that cannot run as asked: a bad suite folder or annotation, bad bench flags."""
+
+
+class ServerError(AimsvoiceError):
+    """`aimsvoice serve` cannot start as asked: an exposed host without a token, missing TLS files, a busy port."""
