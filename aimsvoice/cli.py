@@ -79,7 +79,20 @@ class Dtype(str, Enum):
     float32 = "float32"
 
 
+class Context(str, Enum):
+    pinned = "pinned"
+    ring = "ring"
+
+
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA when available), cuda or cpu.")]
+ContextOpt = Annotated[
+    Context,
+    typer.Option(
+        "--context",
+        help="The attention window (240 s for PersonaPlex 7B): pinned keeps the persona's prompt in it for good; "
+        "ring lets it roll out, as NVIDIA's reference does.",
+    ),
+]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
 InputDeviceOpt = Annotated[
     Optional[str],
@@ -107,6 +120,7 @@ def talk(
     model: ModelOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
+    context: ContextOpt = Context.pinned,
     voice: Annotated[
         Optional[str], typer.Option("--voice", help="Voice override: a voice of the model (`aimsvoice voices`) or a WAV path.")
     ] = None,
@@ -172,7 +186,7 @@ def talk(
         raise typer.BadParameter("--transcript is for --in/--out; live, --record writes the transcript beside the WAV.")
     settings = session.TalkSettings(
         model=model, persona=persona, voice=voice, text_prompt=text_prompt,
-        device=device.value, dtype=dtype.value, greedy=greedy, seed=seed,
+        device=device.value, dtype=dtype.value, greedy=greedy, seed=seed, context=context.value,
     )
     if batch is not None:
         _talk_batch(batch, settings, batch_size)
@@ -436,13 +450,19 @@ def serve(
         Optional[int], typer.Option("--max-sessions", min=1, help="Sessions at once, one batch row each; default: what memory holds, at most 16."),
     ] = None,
     session_minutes: Annotated[
-        Optional[float], typer.Option("--session-minutes", min=0.01, help="End a session after this many minutes live.")
+        Optional[float],
+        typer.Option("--session-minutes", min=0.01, max=7 * 24 * 60.0, callback=_finite, help="End a session after this many minutes live."),
     ] = None,
     idle_timeout: Annotated[
-        float, typer.Option("--idle-timeout", min=0.0, help="End a session after this many seconds without the user's voice; 0: never.")
+        float,
+        typer.Option(
+            "--idle-timeout", min=0.0, max=86_400.0, callback=_finite,
+            help="End a session after this many seconds without the user's voice; 0: never.",
+        ),
     ] = 300.0,
     unload_after: Annotated[
-        Optional[float], typer.Option("--unload-after", min=0.0, help="Unload the model after this many seconds without a session.")
+        Optional[float],
+        typer.Option("--unload-after", min=0.0, max=86_400.0 * 365, callback=_finite, help="Unload the model after this many seconds without a session."),
     ] = None,
     token_file: Annotated[
         Optional[Path], typer.Option("--token-file", help="A file holding the bearer token clients must send (header or ?token=).")
@@ -454,6 +474,7 @@ def serve(
     record: Annotated[
         Optional[Path], typer.Option("--record", help="Keep a stereo WAV (left the user, right the agent) and a .json per session here.")
     ] = None,
+    context: ContextOpt = Context.pinned,
 ) -> None:
     """Serve PersonaPlex over WebSocket: several sessions on one device, each a row of one batch.
 
@@ -467,7 +488,7 @@ def serve(
     config = ServerConfig(
         model=model, device=device.value, dtype=dtype.value, host=host, port=port, ssl=ssl, max_sessions=max_sessions,
         session_minutes=session_minutes, idle_timeout=idle_timeout or None, unload_after=unload_after,
-        token_file=token_file, allow_origins=tuple(allow_origin or ()), record=record,
+        token_file=token_file, allow_origins=tuple(allow_origin or ()), record=record, context=context.value,
     )
     run_server(config, echo=lambda line: err_console.print(line, soft_wrap=True))
 
@@ -524,6 +545,7 @@ def bench_compute(
     batch: Annotated[
         str, typer.Option("--batch", help="Conversations stepped together; a list measures each in turn, e.g. 1,2,4,8.")
     ] = "1",
+    context: ContextOpt = Context.pinned,
     as_json: JsonOpt = False,
     append: AppendOpt = None,
 ) -> None:
@@ -540,6 +562,7 @@ def bench_compute(
     settings = bench_lib.ComputeSettings(
         model=model, random_weights=random_weights.value if random_weights else None,
         device=device.value, dtype=dtype.value, batch_sizes=_batch_sizes(batch), frames=frames, warmup=warmup,
+        context=context.value,
     )
     with err_console.status("loading the model and measuring..."):
         report = bench_lib.run_compute(settings)
@@ -586,6 +609,7 @@ def bench_turns(
     live: Annotated[
         bool, typer.Option("--live", help="Also run the suite through the real-time loop: latencies as a user hears them.")
     ] = False,
+    context: ContextOpt = Context.pinned,
     as_json: JsonOpt = False,
     append: AppendOpt = None,
 ) -> None:
@@ -604,6 +628,7 @@ def bench_turns(
         raise OutputPathError(f"--out {out}: is a file; give a folder for the samples' audio and results")
     settings = bench_lib.TurnsSettings(
         model=model, suite=suite, persona=persona, device=device.value, dtype=dtype.value, seed=seed, tail_s=tail, out=out, live=live,
+        context=context.value,
     )
 
     def progress(result: bench_lib.SampleResult) -> None:
@@ -620,6 +645,45 @@ def bench_turns(
     if append is not None:
         append_entry(append, markdown_turns(report, _command_line()))
         err_console.print(f"appended an entry to {append}", highlight=False)
+
+
+@bench_app.command(
+    "context",
+    epilog="Examples:\n\n"
+    "  aimsvoice bench context --model tiny --minutes 60\n\n"
+    "  aimsvoice bench context --model tiny --minutes 10 --context ring",
+)
+def bench_context(
+    model: ModelOpt = "tiny",
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.auto,
+    context: ContextOpt = Context.pinned,
+    minutes: Annotated[
+        float, typer.Option("--minutes", min=0.1, max=1440.0, callback=_finite, help="Audio to run the conversation for.")
+    ] = 60.0,
+    persona: PersonaOpt = None,
+    text_prompt: Annotated[Optional[str], typer.Option("--text-prompt", help="Text prompt override (role, background).")] = None,
+    as_json: JsonOpt = False,
+    append: AppendOpt = None,
+) -> None:
+    """One long conversation past the attention window: memory at its first wrap and after, step time inside and past it."""
+    from .bench.context import ContextSettings, context_line, run_context
+    from .bench.report import append_entry, markdown_context
+
+    check_outputs({"--append": append})
+    settings = ContextSettings(
+        model=model, device=device.value, dtype=dtype.value, context=context.value, minutes=minutes, persona=persona,
+        text_prompt=text_prompt,
+    )
+    with err_console.status("running the conversation..."):
+        report = run_context(settings)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        console.print(context_line(report), soft_wrap=True)
+    if append is not None:
+        append_entry(append, markdown_context(report, _command_line()))
+        err_console.print(f"appended an entry to {append}")
 
 
 @bench_app.command("aec", epilog="Examples:\n\n  aimsvoice bench aec\n\n  aimsvoice bench aec --noise-suppression --json")

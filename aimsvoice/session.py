@@ -246,6 +246,12 @@ class TalkSettings:
     dtype: str = "auto"
     greedy: bool = False
     seed: int | None = None
+    context: str = "pinned"  # the attention window: "pinned" keeps the persona in it, "ring" (the reference's) does not
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """How the engine runs: device, dtype and attention window."""
+        return EngineConfig(device=self.device, dtype=self.dtype, context=self.context)
 
 
 def conversation_spec(settings: TalkSettings, persona: Persona) -> ConversationSpec:
@@ -275,7 +281,7 @@ def open_engine(settings: TalkSettings) -> tuple[Engine, ConversationSpec, Perso
     model_dir = resolve_model_dir(settings.model)
     check_model(model_dir, (spec,))
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
-    return Engine(model, EngineConfig(device=settings.device, dtype=settings.dtype)), spec, persona
+    return Engine(model, settings.engine_config), spec, persona
 
 
 def open_batch_engine(
@@ -289,7 +295,7 @@ def open_batch_engine(
     check_model(model_dir, specs)
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
     size = max_batch_size(model) if batch_size is None else batch_size
-    return PersonaPlexBatch(model, EngineConfig(device=settings.device, dtype=settings.dtype), max(1, min(size, most or size)))
+    return PersonaPlexBatch(model, settings.engine_config, max(1, min(size, most or size)))
 
 
 def settings_context(settings: TalkSettings, engine: dict[str, Any], spec: ConversationSpec) -> dict[str, Any]:

@@ -255,7 +255,9 @@ NUMBERS = st.one_of(
 @given(option=st.sampled_from([
     ("talk", "--seed"), ("talk", "--max-minutes"), ("talk", "--idle-timeout"), ("talk", "--batch-size"),
     ("bench compute", "--frames"), ("bench compute", "--warmup"), ("bench compute", "--batch"),
-    ("bench turns", "--seed"), ("bench turns", "--tail"),
+    ("bench turns", "--seed"), ("bench turns", "--tail"), ("bench context", "--minutes"),
+    ("serve", "--port"), ("serve", "--max-sessions"), ("serve", "--session-minutes"), ("serve", "--idle-timeout"),
+    ("serve", "--unload-after"),
 ]), value=NUMBERS)
 def test_fuzzed_numbers_never_reach_a_traceback(option, value, tmp_path, capsys, monkeypatch) -> None:
     """Any value, valid or not, for any numeric option: a one-line error (here a valid one stops at the
@@ -266,6 +268,8 @@ def test_fuzzed_numbers_never_reach_a_traceback(option, value, tmp_path, capsys,
         "talk": ["--model", str(missing), "--in", str(missing / "a.wav"), "--out", str(tmp_path / "b.wav")],
         "bench compute": ["--model", str(missing)],
         "bench turns": ["--model", str(missing), "--suite", str(missing)],
+        "bench context": ["--model", str(missing)],
+        "serve": ["--model", str(missing)],
     }[command]
     if flag == "--batch-size":
         rest = ["--model", str(missing), "--batch", str(missing / "b.jsonl")]

@@ -50,6 +50,7 @@ class ComputeSettings:
     frames: int = DEFAULT_FRAMES
     warmup: int | None = None
     seed: int = 0
+    context: str = "pinned"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class ComputeReport:
     model: str
     device: str
     dtype: str
+    context: str
     frames: int
     warmup: int
     load_s: float
@@ -146,6 +148,7 @@ class ComputeReport:
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
+            "context": self.context,
             "frames": self.frames,
             "warmup_frames": self.warmup,
             "load_s": round(self.load_s, 2),
@@ -186,6 +189,7 @@ def run_compute(settings: ComputeSettings, on_step: Callable[[int, int, StepOut]
         model=label,
         device=model.device.type,
         dtype=str(model.dtype).removeprefix("torch."),
+        context=settings.context,
         frames=settings.frames,
         warmup=warmup,
         load_s=load_s,
@@ -200,7 +204,7 @@ def _measure(
 ) -> BatchRun:
     """B conversations (no voice prompt: it costs nothing per tick) sampling with their own seeds, ticked together."""
     reset_peak_memory(model.device)
-    config = EngineConfig(device=settings.device, dtype=settings.dtype, profile=True)
+    config = EngineConfig(device=settings.device, dtype=settings.dtype, profile=True, context=settings.context)
     rng = np.random.default_rng(settings.seed)
     frames = (INPUT_LEVEL * rng.standard_normal((batch_size, FRAME_SIZE))).astype(np.float32)
     timings: dict[str, list[float]] = {stage: [] for stage in STAGES}

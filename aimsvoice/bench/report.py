@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..outputs import replacing
+from .context import ContextReport, context_line
 from .compute import STAGES, BatchRun, ComputeReport
 from .suite import INTERRUPTION, PAUSE, TURN_TAKING
 from .turns import METHOD, REFERENCE, SampleResult, TurnsReport, summarize
@@ -37,7 +38,7 @@ def compute_view(report: ComputeReport) -> RenderableType:
     """Per batch size, per-stage percentiles of a tick; then the batch sizes side by side, and the verdicts."""
     parts: list[RenderableType] = []
     for run in report.runs:
-        title = f"compute per 80 ms tick, batch {run.batch_size}: {report.model}, {report.device}, {report.dtype}"
+        title = f"compute per 80 ms tick, batch {run.batch_size}: {report.model}, {report.device}, {report.dtype}, context {report.context}"
         table = Table(title=title, title_justify="left")
         table.add_column("stage")
         for column in ("p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"):
@@ -153,7 +154,7 @@ def _format(value: Any, key: str, samples: int | None) -> str:
 def markdown_compute(report: ComputeReport, command: str) -> str:
     """A dated BENCHMARKS.md entry: command, machine, per-stage table of each batch size, batch sizes, verdicts."""
     lines = [_heading(command), "", _machine_line(report.machine), "",
-             f"{report.model}, {report.device}, {report.dtype}.", ""]
+             f"{report.model}, {report.device}, {report.dtype}, context {report.context}.", ""]
     lines += ["| batch | stage | p50 ms | p95 ms | p99 ms | max ms | mean ms |", "|---:|---|---:|---:|---:|---:|---:|"]
     for run in report.runs:
         for stage in STAGES:
@@ -163,6 +164,11 @@ def markdown_compute(report: ComputeReport, command: str) -> str:
     lines += ["| " + " | ".join(_batch_cells(run)) + " |" for run in report.runs]
     lines += ["", _compute_summary(report).replace("\n", " "), ""]
     return "\n".join(lines)
+
+
+def markdown_context(report: ContextReport, command: str) -> str:
+    """A dated BENCHMARKS.md entry for `bench context`."""
+    return "\n".join([_heading(command), "", _machine_line(report.machine), "", context_line(report), ""])
 
 
 def markdown_turns(report: TurnsReport, command: str) -> str:

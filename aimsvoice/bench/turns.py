@@ -81,6 +81,7 @@ class TurnsSettings:
     out: Path | None = None
     live: bool = False
     batch_size: int | None = None
+    context: str = "pinned"
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,9 @@ def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None]
     suite_dir = settings.suite or builtin_suite_dir()
     samples = load_suite(suite_dir)
     persona = personas.load(settings.persona)
-    talk = TalkSettings(model=settings.model, persona=settings.persona, device=settings.device, dtype=settings.dtype)
+    talk = TalkSettings(
+        model=settings.model, persona=settings.persona, device=settings.device, dtype=settings.dtype, context=settings.context,
+    )
     base = conversation_spec(talk, persona)
 
     def spec_for(i: int, _sample: Sample) -> ConversationSpec:
@@ -267,7 +270,7 @@ def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None]
         batch.close()
     live = None
     if settings.live:
-        with Engine(model, batch.config) as engine:
+        with Engine(model, talk.engine_config) as engine:
             def started(i: int, sample: Sample) -> FrameEngine:
                 engine.start(spec_for(i, sample))
                 return engine

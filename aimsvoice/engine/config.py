@@ -33,6 +33,8 @@ class EngineConfig:
     dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16" or "float32"; Mimi always runs
         in float32, as in the reference.
     cuda_graphs: capture the LM and depformer steps as CUDA graphs (CUDA only), as moshi does.
+    context: "pinned" keeps each conversation's system prompt in the attention window for good
+        (engine/context.py); "ring" lets it roll out after the window, as moshi and the reference do.
     profile: synchronize the device between stages so per-stage timings are exact (slower).
     """
 
@@ -40,3 +42,4 @@ class EngineConfig:
     dtype: str = "auto"
     cuda_graphs: bool = True
     profile: bool = False
+    context: str = "pinned"

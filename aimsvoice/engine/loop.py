@@ -47,6 +47,7 @@ from moshi.utils.compile import CUDAGraphed
 from ..audio.format import FRAME_RATE, FRAME_SIZE
 from ..errors import VoiceNotFoundError
 from .config import EngineConfig, SamplingConfig
+from .context import CONTEXT_MODES, PinnedKVCache, pin_context, set_pinned
 from .contract import ConversationSpec, SoloEngine, StepOut
 from .load import AGENT_CODEBOOKS, LoadedModel
 from .prompts import (
@@ -85,6 +86,7 @@ class _GenState(State):
     graphed_depth: dict[int, CUDAGraphed]  # by the noise's width (0: every row greedy)
     offsets: np.ndarray  # [B] int64: steps each row has taken since its reset
     lm_exec: np.ndarray | None = None  # the exec mask the LM has, when known
+    pinned_caches: list[PinnedKVCache] = field(default_factory=list)  # with context "pinned"
     exit_stack: ExitStack = field(default_factory=ExitStack)
     reset_lm: Callable[[torch.Tensor], None] | None = None
 
@@ -136,8 +138,11 @@ def forcing(
 class PersonaPlexGen(StreamingModule[_GenState]):
     """Token-level full-duplex generation for B rows, with forceable text, agent and user channels."""
 
-    def __init__(self, lm: LMModel, cuda_graphs: bool = True, profile: bool = False):
+    def __init__(self, lm: LMModel, cuda_graphs: bool = True, profile: bool = False, context: str = "pinned"):
         assert not lm.training, "generation needs an LM in eval mode"
+        if context not in CONTEXT_MODES:
+            raise ValueError(f"context {context!r}: use one of {', '.join(CONTEXT_MODES)}")
+        self.context = context
         super().__init__()
         assert lm.dep_q == lm.n_q == 2 * AGENT_CODEBOOKS, (lm.n_q, lm.dep_q)
         self.lm = lm
@@ -165,7 +170,13 @@ class PersonaPlexGen(StreamingModule[_GenState]):
         )
         state.exit_stack.enter_context(lm.streaming(batch_size))
         state.reset_lm = lm.reset_streaming
+        if self.context == "pinned":
+            state.pinned_caches = pin_context(lm.transformer)
         return state
+
+    def pin(self, row: int, n_steps: int) -> None:
+        """Keep the row's first `n_steps` LM steps (its system prompt) in the attention window (context "pinned")."""
+        set_pinned(self._state().pinned_caches, row, n_steps)
 
     def _graphs_off(self, device: torch.device) -> bool:
         return device.type != "cuda" or not self.cuda_graphs
@@ -369,7 +380,7 @@ class PersonaPlexBatch:
         self.model = model
         self.config = config
         self.mimi: MimiModel = model.mimi
-        self.gen = PersonaPlexGen(model.lm, cuda_graphs=config.cuda_graphs, profile=config.profile)
+        self.gen = PersonaPlexGen(model.lm, cuda_graphs=config.cuda_graphs, profile=config.profile, context=config.context)
         self.tokenizer = model.tokenizer
         if self.mimi.is_streaming:
             raise RuntimeError("this model already drives an engine; close() that one first")
@@ -448,6 +459,7 @@ class PersonaPlexBatch:
         cache_path = prompt_cache_path(voice, self.prompt_cache_key) if voice is not None and voice.audio is not None else None
         row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path))
         self.gen._state().sampling.set_row(row, spec.sampling, spec.seed)
+        self.gen.pin(row, len(plan) - 1)  # the LM runs on every prompt step but the first
         return row
 
     def in_prompt(self, row: int) -> bool:
@@ -457,6 +469,11 @@ class PersonaPlexBatch:
         """Ticks the row's system prompt still needs."""
         r = self._row(row)
         return len(r.plan) - r.next_step
+
+    def steps_taken(self, row: int) -> int:
+        """Steps the row has taken since it opened, its system prompt's included."""
+        self._row(row)
+        return int(self.gen._state().offsets[row])
 
     def close_row(self, row: int) -> None:
         """End the row's conversation; the row is free for another."""

@@ -45,6 +45,7 @@ class ServerConfig:
     token_file: a file holding the bearer token clients must present (header or `?token=`).
     allow_origins: browser origins allowed besides the server's own (and localhost on loopback); "*": any.
     record: a folder for one stereo WAV + JSON per session, as `talk --record` writes.
+    context: the attention window, as for `talk` ("pinned" or "ring").
     """
 
     model: str | None = None
@@ -60,6 +61,7 @@ class ServerConfig:
     token_file: Path | None = None
     allow_origins: tuple[str, ...] = ()
     record: Path | None = None
+    context: str = "pinned"
     input_backlog_frames: int = INPUT_BACKLOG_FRAMES
     output_queue_frames: int = OUTPUT_QUEUE_FRAMES
 

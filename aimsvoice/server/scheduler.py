@@ -70,7 +70,7 @@ def pytorch_engine_factory(config: ServerConfig, model_dir: Path) -> EngineFacto
 
         model = load_model(model_dir, device=config.device, dtype=config.dtype)
         size = rows if rows is not None else min(max_batch_size(model), SESSION_CAP)
-        return PersonaPlexBatch(model, EngineConfig(device=config.device, dtype=config.dtype), size)
+        return PersonaPlexBatch(model, EngineConfig(device=config.device, dtype=config.dtype, context=config.context), size)
 
     return make
 
