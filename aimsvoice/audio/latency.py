@@ -116,3 +116,66 @@ class LatencyGovernor:
         """Record that `n_samples` were shed, so the window does not count that excess again."""
         for i in range(len(self._levels)):
             self._levels[i] -= n_samples
+
+
+class FrameBacklog:
+    """Audio waiting to be cut into frames, held under a `LatencyGovernor`'s bound.
+
+    `push` appends (past `capacity` the oldest audio goes at once); `take` first sheds what the
+    governor asks (`shed_quietest`), then cuts the oldest whole frame. Both count what they drop
+    in `shed` and `shed_events`. One thread at a time: a caller shared by threads locks around it.
+    """
+
+    def __init__(self, capacity: int, governor: LatencyGovernor, frame_size: int) -> None:
+        self.capacity = capacity
+        self.governor = governor
+        self.frame_size = frame_size
+        self._pcm = np.zeros(capacity, dtype=np.float32)
+        self.n = 0  # samples waiting
+        self.shed = 0  # samples dropped, for overflow or to hold the bound
+        self.shed_events = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def push(self, pcm: np.ndarray) -> int:
+        """Append audio; returns the samples dropped to make room (the oldest)."""
+        n = len(pcm)
+        if n >= self.capacity:
+            dropped = self.n + n - self.capacity
+            self._pcm[:] = pcm[n - self.capacity :]
+            self.n = self.capacity
+        else:
+            dropped = max(0, self.n + n - self.capacity)
+            if dropped:
+                self.n -= dropped
+                self._pcm[: self.n] = self._pcm[dropped : dropped + self.n]
+            self._pcm[self.n : self.n + n] = pcm
+            self.n += n
+        self._count(dropped)
+        return dropped
+
+    def take(self) -> tuple[np.ndarray | None, int]:
+        """The oldest whole frame (None if there is none yet, even after shedding), and the samples shed for it."""
+        if self.n < self.frame_size:
+            return None, 0
+        dropped = 0
+        n_shed = self.governor.plan(self.n - self.frame_size)
+        if n_shed:
+            kept = shed_quietest(self._pcm[: self.n], n_shed)
+            dropped = self.n - len(kept)
+            self._pcm[: len(kept)] = kept
+            self.n = len(kept)
+            self.governor.shed(dropped)
+            self._count(dropped)
+            if self.n < self.frame_size:
+                return None, dropped
+        frame = self._pcm[: self.frame_size].copy()
+        self.n -= self.frame_size
+        self._pcm[: self.n] = self._pcm[self.frame_size : self.frame_size + self.n]
+        return frame, dropped
+
+    def _count(self, dropped: int) -> None:
+        if dropped:
+            self.shed += dropped
+            self.shed_events += 1

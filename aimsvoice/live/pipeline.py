@@ -11,7 +11,7 @@ from ..audio import FRAME_SIZE, SAMPLE_RATE
 from ..audio.aec import MAX_FRAME_SIZE, SUBFRAME_SIZE, EchoCanceller
 from ..audio.devices import BLOCK_MS, AudioConfig, DuplexAudio, RateConverter
 from ..audio.format import FRAME_MS
-from ..audio.latency import LatencyGovernor, shed_quietest
+from ..audio.latency import FrameBacklog, LatencyGovernor, shed_quietest
 from ..audio.recorder import Recorder
 from ..engine.contract import FrameEngine
 from ..session import Transcript
@@ -58,12 +58,6 @@ class LivePipeline:
         out_slack = self._to_device.holdback(FRAME_SIZE)
         block = SAMPLE_RATE * BLOCK_MS // 1000
         self._cushion = (block + in_slack) * audio.playback_rate // SAMPLE_RATE + out_slack  # device samples
-        self._in_governor = LatencyGovernor(
-            bound=self.input_bound,
-            margin=min(block + in_slack, self.input_bound),
-            window=DRAIN_WINDOW_STEPS,
-            max_drain=MAX_DRAIN,
-        )
         self._out_governor = LatencyGovernor(
             bound=self.output_bound,
             margin=min(FRAME_SIZE + self._cushion * SAMPLE_RATE // audio.playback_rate, self.output_bound),
@@ -72,8 +66,10 @@ class LivePipeline:
         )
         self._scratch = np.zeros(audio.capture_ring.capacity, dtype=np.float32)
         staging_size = self._from_device.to_out_samples(audio.capture_ring.capacity) + self.input_bound + 2 * FRAME_SIZE
-        self._staging = np.zeros(staging_size, dtype=np.float32)
-        self._n_staged = 0
+        in_governor = LatencyGovernor(
+            bound=self.input_bound, margin=min(block + in_slack, self.input_bound), window=DRAIN_WINDOW_STEPS, max_drain=MAX_DRAIN,
+        )
+        self._input = FrameBacklog(staging_size, in_governor, FRAME_SIZE)  # 24 kHz capture waiting for the engine
         self._n_in_read = 0  # device samples taken from the capture ring (the ring's overflow aside)
         self._from_speaker = RateConverter(audio.playback_rate, SAMPLE_RATE)
         self._ref_scratch = np.zeros(audio.reference_ring.capacity, dtype=np.float32)
@@ -89,9 +85,17 @@ class LivePipeline:
         self.input_level_db = self.output_level_db = SILENCE_DBFS
         self.last_voice_s = 0.0
         self.input_backlog = self.output_queue = 0  # samples at SAMPLE_RATE, after the last step
-        self.input_shed = self.output_shed = 0
-        self.input_shed_events = self.output_shed_events = 0
+        self.output_shed = self.output_shed_events = 0
         self.error: Exception | None = None
+
+    @property
+    def input_shed(self) -> int:
+        """Input samples dropped: to hold the backlog's bound, or when the staging overflowed."""
+        return self._input.shed
+
+    @property
+    def input_shed_events(self) -> int:
+        return self._input.shed_events
 
     @property
     def clock_s(self) -> float:
@@ -116,14 +120,7 @@ class LivePipeline:
         pcm = self._from_device.convert(self._scratch[:n])
         if self.aec is not None:
             pcm = self._cancel_echo(pcm, self.aec)
-        overflow = self._n_staged + len(pcm) - len(self._staging)
-        if overflow > 0:  # only after a stall longer than the capture ring: keep the newest
-            self._n_staged -= overflow
-            self._staging[: self._n_staged] = self._staging[overflow : overflow + self._n_staged]
-            self.input_shed += overflow
-            self.input_shed_events += 1
-        self._staging[self._n_staged : self._n_staged + len(pcm)] = pcm
-        self._n_staged += len(pcm)
+        self._input.push(pcm)  # overflows only after a stall longer than the capture ring: the newest is kept
 
     def _stage_reference(self, ref: np.ndarray) -> None:
         overflow = self._n_ref + len(ref) - len(self._reference)
@@ -164,23 +161,10 @@ class LivePipeline:
 
     def step(self) -> bool:
         """Run one engine step if a whole frame is staged; returns whether it did."""
-        if self._n_staged < FRAME_SIZE:
+        frame, _ = self._input.take()
+        if frame is None:
             return False
-        n_shed = self._in_governor.plan(self._n_staged - FRAME_SIZE)
-        if n_shed:
-            kept = shed_quietest(self._staging[: self._n_staged], n_shed)
-            dropped = self._n_staged - len(kept)
-            self._staging[: len(kept)] = kept
-            self._n_staged = len(kept)
-            self._in_governor.shed(dropped)
-            self.input_shed += dropped
-            self.input_shed_events += 1
-            if self._n_staged < FRAME_SIZE:
-                return False
-        frame = self._staging[:FRAME_SIZE].copy()
-        self._n_staged -= FRAME_SIZE
-        self._staging[: self._n_staged] = self._staging[FRAME_SIZE : FRAME_SIZE + self._n_staged]
-        self.input_backlog = self._n_staged
+        self.input_backlog = self._input.n
         clock_s = self.clock_s
 
         started = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..audio.format import FRAME_SIZE, SAMPLE_RATE
-from ..audio.latency import LatencyGovernor, shed_quietest
+from ..audio.latency import FrameBacklog, LatencyGovernor
 from ..session import Transcript
 from .config import FRAME_S, INPUT_MARGIN_FRAMES, TEXT_QUEUE
 
@@ -160,23 +160,19 @@ class Inbound:
         self.bound = bound
         self._on_received = on_received  # called (outside the lock) with the samples taken in while live
         self._on_shed = on_shed  # likewise with the samples shed
-        self.capacity = bound + 2 * FRAME_SIZE  # what a burst may leave before the next tick
-        self._staging = np.zeros(self.capacity, dtype=np.float32)
-        self._n = 0
-        self._governor = LatencyGovernor(bound=bound, margin=min(margin, bound), window=DRAIN_WINDOW_TICKS, max_drain=MAX_DRAIN)
+        governor = LatencyGovernor(bound=bound, margin=min(margin, bound), window=DRAIN_WINDOW_TICKS, max_drain=MAX_DRAIN)
+        self._backlog = FrameBacklog(bound + 2 * FRAME_SIZE, governor, FRAME_SIZE)  # room for a burst before the next tick
         self._lock = threading.Lock()
         self.accepting = False  # until the session is live, audio is dropped
         self.started = False  # audio came since the session went live: from now on a missing frame is late
         self.received = 0  # samples pushed while live
         self.dropped_early = 0  # samples that came before the session was live
-        self.shed = 0  # samples shed to keep the bound
-        self.shed_events = 0
         self.max_backlog = 0  # samples, after a take
 
     def open(self) -> None:
         """Tick thread: the session is live; audio from now on is heard."""
         with self._lock:
-            self._n = 0
+            self._backlog.clear()
             self.accepting = True
 
     def push(self, pcm: np.ndarray) -> None:
@@ -190,20 +186,7 @@ class Inbound:
                 return
             self.started = True
             self.received += n
-            if n >= self.capacity:
-                shed = self._n + n - self.capacity
-                self._staging[:] = pcm[-self.capacity :]
-                self._n = self.capacity
-            else:
-                shed = max(0, self._n + n - self.capacity)
-                if shed:
-                    self._staging[: self._n - shed] = self._staging[shed : self._n]
-                    self._n -= shed
-                self._staging[self._n : self._n + n] = pcm
-                self._n += n
-            if shed:
-                self.shed += shed
-                self.shed_events += 1
+            shed = self._backlog.push(pcm)
         if self._on_received is not None:
             self._on_received(n)
         if shed and self._on_shed is not None:
@@ -211,31 +194,30 @@ class Inbound:
 
     def take(self) -> np.ndarray | None:
         """Tick thread: the next frame, the backlog held under its bound; None when a whole frame is not there."""
-        dropped = 0
-        frame = None
         with self._lock:
-            if self._n >= FRAME_SIZE:
-                n_shed = self._governor.plan(self._n - FRAME_SIZE)
-                if n_shed:
-                    kept = shed_quietest(self._staging[: self._n], n_shed)
-                    dropped = self._n - len(kept)
-                    self._staging[: len(kept)] = kept
-                    self._n = len(kept)
-                    self._governor.shed(dropped)
-                    self.shed += dropped
-                    self.shed_events += 1
-                if self._n >= FRAME_SIZE:
-                    frame = self._staging[:FRAME_SIZE].copy()
-                    self._n -= FRAME_SIZE
-                    self._staging[: self._n] = self._staging[FRAME_SIZE : FRAME_SIZE + self._n]
-                    self.max_backlog = max(self.max_backlog, self._n)
+            frame, dropped = self._backlog.take()
+            if frame is not None:
+                self.max_backlog = max(self.max_backlog, self._backlog.n)
         if dropped and self._on_shed is not None:
             self._on_shed(dropped)
         return frame
 
     @property
+    def capacity(self) -> int:
+        return self._backlog.capacity
+
+    @property
+    def shed(self) -> int:
+        """Samples dropped: to hold the bound, or past the staging's capacity."""
+        return self._backlog.shed
+
+    @property
+    def shed_events(self) -> int:
+        return self._backlog.shed_events
+
+    @property
     def backlog(self) -> int:
-        return self._n
+        return self._backlog.n
 
 
 # -- the session -------------------------------------------------------------------------------
