@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NO_TORCH_COMPILE := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@bash scripts/system-deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	@touch $(STAMP)
 
 test: install
@@ -26,6 +26,11 @@ demo: install
 
 bench: install
 	$(BIN)/aimsvoice bench compute --model tiny --batch 1,2,4,8 --append BENCHMARKS.md
+
+# On an NVIDIA GPU: installs, measures everything GPU-specific within a time budget, appends the table
+# to BENCHMARKS.md. GPU_CHECK_ARGS=--dry-run runs the same plumbing on the CPU with tiny sizes.
+gpu-check:
+	$(PYTHON) scripts/gpu-check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) out

@@ -7,6 +7,7 @@ import math
 import os
 import shlex
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -94,6 +95,52 @@ ContextOpt = Annotated[
     ),
 ]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32.")]
+
+
+class Quantize(str, Enum):
+    auto = "auto"
+    none = "none"
+    int8 = "int8"
+
+
+QuantizeOpt = Annotated[
+    Quantize,
+    typer.Option(
+        "--quantize",
+        help="int8: 8-bit weights for the transformer and the depformer (PersonaPlex 7B in about 11 GB with one "
+        "conversation, instead of 19); auto: int8 on a CUDA GPU where the model does not fit otherwise; none.",
+    ),
+]
+
+
+class EngineChoice(str, Enum):
+    auto = "auto"
+    personaplex = "personaplex"
+    cascade = "cascade"
+    local = "local"
+
+
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option(
+        "--engine",
+        help="auto: PersonaPlex on a CUDA GPU that fits it with the pulled weights (or a --model), else the cascade "
+        "when GROQ_API_KEY and ELEVENLABS_API_KEY are set, else local; personaplex; cascade (Groq speech-to-text and "
+        "chat, ElevenLabs speech); local (offline: PocketSphinx, espeak-ng or Piper, a local LLM server if any).",
+    ),
+]
+LlmUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--llm-url", metavar="URL",
+        help="Cascade and local: an OpenAI-compatible server for the reply instead of Groq's chat (Ollama, llama.cpp, "
+        "vLLM), e.g. http://127.0.0.1:11434/v1.",
+    ),
+]
+LlmModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--llm-model", help="Cascade and local: the chat model; default: llama-3.3-70b-versatile on Groq, the server's first with --llm-url."),
+]
 InputDeviceOpt = Annotated[
     Optional[str],
     typer.Option("--input-device", help="Live: the microphone, by index or part of its name (`aimsvoice devices`)."),
@@ -110,6 +157,8 @@ OutputDeviceOpt = Annotated[
     "  aimsvoice talk --persona strategist --voice NATM1 --in q.wav --out a.wav --transcript a.json --greedy\n\n"
     "  aimsvoice talk --persona headcoach --input-device 'USB' --record call.wav --max-minutes 10\n\n"
     "  aimsvoice talk --aec --output-device 'Speakers'\n\n"
+    "  aimsvoice talk --engine cascade --persona headcoach   # Groq + ElevenLabs: GROQ_API_KEY, ELEVENLABS_API_KEY\n\n"
+    "  aimsvoice talk --engine local --llm-url http://127.0.0.1:11434/v1 --in q.wav --out a.wav\n\n"
     "  aimsvoice talk --model tiny --batch calls.jsonl --batch-size 8",
 )
 def talk(
@@ -118,9 +167,13 @@ def talk(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write the agent's audio (24 kHz WAV).")] = None,
     transcript: Annotated[Optional[Path], typer.Option("--transcript", help="Write the agent's words with times as JSON.")] = None,
     model: ModelOpt = None,
+    engine: EngineOpt = EngineChoice.auto,
+    llm_url: LlmUrlOpt = None,
+    llm_model: LlmModelOpt = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
     context: ContextOpt = Context.pinned,
+    quantize: QuantizeOpt = Quantize.auto,
     voice: Annotated[
         Optional[str], typer.Option("--voice", help="Voice override: a voice of the model (`aimsvoice voices`) or a WAV path.")
     ] = None,
@@ -186,10 +239,14 @@ def talk(
         raise typer.BadParameter("--transcript is for --in/--out; live, --record writes the transcript beside the WAV.")
     settings = session.TalkSettings(
         model=model, persona=persona, voice=voice, text_prompt=text_prompt,
-        device=device.value, dtype=dtype.value, greedy=greedy, seed=seed, context=context.value,
+        device=device.value, dtype=dtype.value, greedy=greedy, seed=seed, context=context.value, quantize=quantize.value,
+        engine=engine.value, llm_url=llm_url, llm_model=llm_model,
     )
+    notify = lambda line: err_console.print(line, soft_wrap=True)  # noqa: E731  the tier and why, on stderr
     if batch is not None:
-        _talk_batch(batch, settings, batch_size)
+        if engine not in (EngineChoice.auto, EngineChoice.personaplex):
+            raise typer.BadParameter(f"--batch steps PersonaPlex conversations together; drop --engine {engine.value} or talk one by one.")
+        _talk_batch(batch, replace(settings, engine="personaplex"), batch_size)
         return
     if in_path is None:
         from . import live
@@ -200,7 +257,7 @@ def talk(
             audio=AudioConfig(input_device, output_device), record=record,
             max_minutes=max_minutes, idle_timeout=idle_timeout, aec=aec,
         )
-        live.talk_on_devices(settings, config, LiveView(rich=not no_ui, console=console))
+        live.talk_on_devices(settings, config, LiveView(rich=not no_ui, console=console), notify=notify)
         return
 
     from .ui import OfflineProgress
@@ -208,7 +265,7 @@ def talk(
     to_stdout = str(out_path) == STDIO  # the WAV goes to stdout: everything else to stderr
     report = err_console if to_stdout else console
     with OfflineProgress(err_console, words=None if to_stdout else console) as progress:
-        result = session.talk_offline(settings, in_path, out_path, transcript, on_step=progress.step)
+        result = session.talk_offline(settings, in_path, out_path, transcript, on_step=progress.step, notify=notify)
     written = ("standard output" if to_stdout else str(out_path)) + (f" and {transcript}" if transcript else "")
     if result.partial:
         raise session.Interrupted(
@@ -216,6 +273,8 @@ def talk(
             f"{written}" + (" (the transcript says partial)" if transcript else "")
         )
     report.print(f"wrote {written} ({result.duration_s:.2f} s)", soft_wrap=True)
+    if (usage := session.usage_line(result.engine)) is not None:
+        report.print(usage, soft_wrap=True)
 
 
 def _talk_batch(path: Path, settings, batch_size: int | None) -> None:
@@ -431,7 +490,9 @@ def devices() -> None:
     "  aimsvoice serve --model tiny\n\n"
     "  aimsvoice serve --ssl self-signed --max-sessions 8 --session-minutes 4 --idle-timeout 60\n\n"
     "  aimsvoice serve --host 0.0.0.0 --token-file ~/.config/aimsvoice/token --allow-origin https://app.example.com\n\n"
-    "  aimsvoice serve --unload-after 600 --record calls/",
+    "  aimsvoice serve --unload-after 600 --record calls/\n\n"
+    "  aimsvoice serve --engine cascade --max-sessions 8   # no GPU: each session a Groq + ElevenLabs cascade\n\n"
+    "  aimsvoice serve --ray --replicas 2 --max-sessions 8 --session-minutes 30 --host 0.0.0.0 --token-file token.txt",
 )
 def serve(
     model: ModelOpt = None,
@@ -475,6 +536,26 @@ def serve(
         Optional[Path], typer.Option("--record", help="Keep a stereo WAV (left the user, right the agent) and a .json per session here.")
     ] = None,
     context: ContextOpt = Context.pinned,
+    quantize: QuantizeOpt = Quantize.auto,
+    engine: EngineOpt = EngineChoice.auto,
+    llm_url: LlmUrlOpt = None,
+    llm_model: LlmModelOpt = None,
+    use_ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Serve on Ray Serve: replicas of this server, one per GPU, behind one address (pip install 'aimsvoice[ray]')."),
+    ] = False,
+    replicas: Annotated[Optional[int], typer.Option("--replicas", min=1, help="With --ray: this many replicas (default 1).")] = None,
+    autoscale: Annotated[
+        Optional[str],
+        typer.Option("--autoscale", metavar="MIN:MAX", help="With --ray: between MIN and MAX replicas, by sessions; MIN stay warm."),
+    ] = None,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address", metavar="ADDR",
+            help="With --ray: deploy on this Ray cluster (`auto` on one of its machines, or HEAD:6379) and leave it there; default: a Ray of its own here.",
+        ),
+    ] = None,
 ) -> None:
     """Serve PersonaPlex over WebSocket: several sessions on one device, each a row of one batch.
 
@@ -488,9 +569,28 @@ def serve(
     config = ServerConfig(
         model=model, device=device.value, dtype=dtype.value, host=host, port=port, ssl=ssl, max_sessions=max_sessions,
         session_minutes=session_minutes, idle_timeout=idle_timeout or None, unload_after=unload_after,
-        token_file=token_file, allow_origins=tuple(allow_origin or ()), record=record, context=context.value,
+        token_file=token_file, allow_origins=tuple(allow_origin or ()), record=record, context=context.value, quantize=quantize.value,
+        engine=engine.value, llm_url=llm_url, llm_model=llm_model,
     )
+    if use_ray:
+        _serve_on_ray(config, replicas, autoscale, ray_address)
+        return
+    if replicas is not None or autoscale is not None or ray_address is not None:
+        raise typer.BadParameter("--replicas, --autoscale and --ray-address are for --ray.")
     run_server(config, echo=lambda line: err_console.print(line, soft_wrap=True))
+
+
+def _serve_on_ray(config, replicas: Optional[int], autoscale: Optional[str], ray_address: Optional[str]) -> None:
+    from .server.ray import RayConfig, parse_autoscale, serve_ray
+
+    if replicas is not None and autoscale is not None:
+        raise typer.BadParameter("give --replicas N or --autoscale MIN:MAX, not both.")
+    try:
+        scale = parse_autoscale(autoscale) if autoscale is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(f"--autoscale {e}") from None
+    ray_config = RayConfig(replicas=replicas or 1, autoscale=scale, address=ray_address)
+    serve_ray(config, ray_config, echo=lambda line: err_console.print(line, soft_wrap=True))
 
 
 bench_app = typer.Typer(
@@ -504,6 +604,7 @@ class RandomArchitecture(str, Enum):
     """Architectures `--random-weights` can build."""
 
     SEVEN_B = "7b"
+    SMALL = "small"
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout (progress goes to stderr).")]
@@ -527,16 +628,25 @@ def _print_json(data: dict) -> None:
     "  aimsvoice bench compute --frames 500 --json\n\n"
     "  aimsvoice bench compute --model tiny --batch 1,2,4,8\n\n"
     "  aimsvoice bench compute --random-weights 7b --device cuda --batch 1,8\n\n"
+    "  aimsvoice bench compute --random-weights 7b --device cuda --quantize int8 --no-cuda-graphs\n\n"
     "  aimsvoice bench compute --random-weights 7b --frames 3 --dtype bfloat16 --device cpu",
 )
 def bench_compute(
     model: ModelOpt = None,
     random_weights: Annotated[
         Optional[RandomArchitecture],
-        typer.Option("--random-weights", help="Build this architecture with random weights: speed and memory with no download."),
+        typer.Option(
+            "--random-weights",
+            help="Build this architecture with random weights: speed and memory with no download "
+            "(7b: PersonaPlex; small: its layout at dim 512, 6 layers).",
+        ),
     ] = None,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
+    quantize: QuantizeOpt = Quantize.auto,
+    cuda_graphs: Annotated[
+        bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On CUDA: run the transformer and depformer steps as CUDA graphs.")
+    ] = True,
     frames: Annotated[int, typer.Option("--frames", min=1, max=1_000_000, help="Ticks to measure per batch size.")] = 100,
     warmup: Annotated[
         Optional[int],
@@ -562,7 +672,7 @@ def bench_compute(
     settings = bench_lib.ComputeSettings(
         model=model, random_weights=random_weights.value if random_weights else None,
         device=device.value, dtype=dtype.value, batch_sizes=_batch_sizes(batch), frames=frames, warmup=warmup,
-        context=context.value,
+        context=context.value, quantize=quantize.value, cuda_graphs=cuda_graphs,
     )
     with err_console.status("loading the model and measuring..."):
         report = bench_lib.run_compute(settings)
@@ -589,6 +699,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     epilog="Examples:\n\n"
     "  aimsvoice bench turns --model tiny\n\n"
     "  aimsvoice bench turns --persona headcoach --live --json\n\n"
+    "  aimsvoice bench turns --engine cascade   # the same suite through Groq + ElevenLabs\n\n"
     "  aimsvoice bench turns --suite ~/data/full-duplex-bench/v1.0/candor_turn_taking --out out/fdb",
 )
 def bench_turns(
@@ -610,6 +721,10 @@ def bench_turns(
         bool, typer.Option("--live", help="Also run the suite through the real-time loop: latencies as a user hears them.")
     ] = False,
     context: ContextOpt = Context.pinned,
+    quantize: QuantizeOpt = Quantize.auto,
+    engine: EngineOpt = EngineChoice.auto,
+    llm_url: LlmUrlOpt = None,
+    llm_model: LlmModelOpt = None,
     as_json: JsonOpt = False,
     append: AppendOpt = None,
 ) -> None:
@@ -628,7 +743,7 @@ def bench_turns(
         raise OutputPathError(f"--out {out}: is a file; give a folder for the samples' audio and results")
     settings = bench_lib.TurnsSettings(
         model=model, suite=suite, persona=persona, device=device.value, dtype=dtype.value, seed=seed, tail_s=tail, out=out, live=live,
-        context=context.value,
+        context=context.value, quantize=quantize.value, engine=engine.value, llm_url=llm_url, llm_model=llm_model,
     )
 
     def progress(result: bench_lib.SampleResult) -> None:
@@ -637,7 +752,7 @@ def bench_turns(
         took = "take-over" if measured and measured.take_over else "no take-over"
         err_console.print(f"{result.name} ({mode}): {took}", highlight=False)
 
-    report = bench_lib.run_turns(settings, on_sample=progress)
+    report = bench_lib.run_turns(settings, on_sample=progress, notify=lambda line: err_console.print(line, soft_wrap=True))
     if as_json:
         _print_json(report.to_json())
     else:
@@ -658,6 +773,7 @@ def bench_context(
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.auto,
     context: ContextOpt = Context.pinned,
+    quantize: QuantizeOpt = Quantize.auto,
     minutes: Annotated[
         float, typer.Option("--minutes", min=0.1, max=1440.0, callback=_finite, help="Audio to run the conversation for.")
     ] = 60.0,
@@ -672,8 +788,8 @@ def bench_context(
 
     check_outputs({"--append": append})
     settings = ContextSettings(
-        model=model, device=device.value, dtype=dtype.value, context=context.value, minutes=minutes, persona=persona,
-        text_prompt=text_prompt,
+        model=model, device=device.value, dtype=dtype.value, context=context.value, quantize=quantize.value, minutes=minutes,
+        persona=persona, text_prompt=text_prompt,
     )
     with err_console.status("running the conversation..."):
         report = run_context(settings)

@@ -18,6 +18,11 @@ them or override them; a persona's name is its file stem, case-insensitive. A pe
     temp_audio = 0.8
     topk_audio = 250
 
+    [cascade]                       # optional: when the cascade or the local tier runs the persona
+    voice_id = "EXAVITQu4vr4xnSDxMaL"   # the ElevenLabs voice
+    llm_model = "llama-3.3-70b-versatile"  # the chat model (--llm-model wins)
+    local_voice = "en-us+klatt"     # espeak-ng's voice, or a Piper .onnx voice file
+
 The text prompt is written the way PersonaPlex was trained (role, name, facts, scenario, in the
 second person) and without `<system>` tags: the engine adds them.
 """
@@ -25,7 +30,7 @@ second person) and without `<system>` tags: the engine adds them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,8 @@ PERSONA_SUFFIX = ".toml"
 _TEMP_KEYS = ("temp_text", "temp_audio")
 _TOPK_KEYS = ("topk_text", "topk_audio")
 _SAMPLING_KEYS = (*_TEMP_KEYS, *_TOPK_KEYS)
-_TOP_KEYS = ("display_name", "description", "voice", "text_prompt", "sampling")
+_TOP_KEYS = ("display_name", "description", "voice", "text_prompt", "sampling", "cascade")
+_CASCADE_KEYS = ("voice_id", "llm_model", "local_voice")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Persona:
     temp_audio: float | None
     topk_audio: int | None
     source: Path
+    cascade: dict[str, str] = field(default_factory=dict, hash=False)  # [cascade]: voice_id, llm_model, local_voice
 
     @property
     def is_builtin(self) -> bool:
@@ -175,6 +182,11 @@ def _parse(path: Path, name: str) -> Persona:
             f"{path}: sampling must be a table ([sampling] with {', '.join(_SAMPLING_KEYS)})"
         )
     _reject_unknown(sampling, _SAMPLING_KEYS, path, "[sampling] ")
+    cascade = data.get("cascade", {})
+    if not isinstance(cascade, dict):
+        raise PersonaError(f"{path}: cascade must be a table ([cascade] with {', '.join(_CASCADE_KEYS)})")
+    _reject_unknown(cascade, _CASCADE_KEYS, path, "[cascade] ")
+    cascade = {key: _string(cascade, key, path, "").strip() for key in _CASCADE_KEYS if key in cascade}
 
     return Persona(
         name=name,
@@ -187,6 +199,7 @@ def _parse(path: Path, name: str) -> Persona:
         temp_audio=_temperature(sampling, "temp_audio", path),
         topk_audio=_topk(sampling, "topk_audio", path),
         source=path,
+        cascade={key: value for key, value in cascade.items() if value},
     )
 
 

@@ -7,9 +7,9 @@ and keep the agent's words in a `Transcript`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .errors import AimsvoiceError, ModelNotFoundError
 from .interrupts import Interrupt, deferred_interrupt
 from .outputs import STDIO, check_outputs, replacing
 from .personas import Persona
+
+if TYPE_CHECKING:
+    from .engine.cascade.choose import TierChoice
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,14 @@ class Transcript:
 
     tokens: list[int] = field(default_factory=list)
     words: list[Word] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (time, notice): tiers, providers, failovers
 
     def add(self, out: StepOut) -> None:
         """Append one frame's text; a piece starting with a space starts a new word."""
         frame = len(self.tokens)
         self.tokens.append(out.text_token)
+        if out.event:
+            self.events.append((frame / FRAME_RATE, out.event))
         piece = out.text
         if not piece:
             return
@@ -67,6 +73,7 @@ class Transcript:
             **context,
             "text": self.text,
             "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in self.words],
+            **({"events": [{"at": round(t, 3), "event": e} for t, e in self.events]} if self.events else {}),
             "frame_s": 1.0 / FRAME_RATE,
             "tokens": self.tokens,
         }
@@ -139,11 +146,13 @@ def run_frames(engine: FrameEngine, user_pcm: np.ndarray, on_step: StepCallback 
         while (frame := conversation.next_frame) is not None:
             if ctrl_c.requested:
                 ctrl_c.handled()
+                conversation.engine = engine.describe()
                 return conversation.result(partial=True)
             out = engine.step(frame)
             conversation.add(out)
             if on_step is not None:
                 on_step(out, len(conversation.agent), len(conversation.frames))
+    conversation.engine = engine.describe()  # at the end: an engine may report what served each turn
     return conversation.result()
 
 
@@ -247,11 +256,51 @@ class TalkSettings:
     greedy: bool = False
     seed: int | None = None
     context: str = "pinned"  # the attention window: "pinned" keeps the persona in it, "ring" (the reference's) does not
+    quantize: str = "auto"  # int8 weights: "int8", "none", or "auto" (int8 where bfloat16 does not fit the GPU)
+    engine: str = "auto"  # auto, personaplex, cascade or local (see `choose_engine`)
+    llm_url: str | None = None  # the cascade and the local tier: an OpenAI-compatible server for the reply
+    llm_model: str | None = None
 
     @property
     def engine_config(self) -> EngineConfig:
         """How the engine runs: device, dtype and attention window."""
-        return EngineConfig(device=self.device, dtype=self.dtype, context=self.context)
+        return EngineConfig(device=self.device, dtype=self.dtype, context=self.context, quantize=self.quantize)
+
+
+ENGINES = ("auto", "personaplex", "cascade", "local")
+Notify = Callable[[str], None]
+
+
+def choose_engine(settings: TalkSettings) -> TierChoice:
+    """The tier a conversation runs on, and why: `--engine` as given, or auto's choice over this machine's facts."""
+    from .engine.cascade.choose import TierChoice, choose_tier, gather_facts
+
+    if settings.engine not in ENGINES:
+        raise AimsvoiceError(f"--engine {settings.engine}: choose one of {', '.join(ENGINES)}")
+    if settings.engine != "auto":
+        return TierChoice(settings.engine, f"--engine {settings.engine}", auto=False)
+    choice = choose_tier(gather_facts(settings.model, settings.device, settings.dtype, settings.quantize))
+    return replace(choice, auto=settings.model is None)  # a model named with --model is PersonaPlex, failures and all
+
+
+def open_cascade(tier: str, settings: TalkSettings, persona: Persona, pace: str) -> FrameEngine:
+    """The cascade or the local tier for a persona: its [cascade] table, --llm-url/--llm-model; `pace`: model or live."""
+    from .engine.cascade import CascadeEngine, cascade_config
+
+    config = cascade_config(tier, pace=pace, persona_cascade=persona.cascade, llm_url=settings.llm_url, llm_model=settings.llm_model)
+    return CascadeEngine(config)
+
+
+def usage_line(engine: dict[str, Any]) -> str | None:
+    """The cloud usage and cost estimate of a conversation, from its engine's description (None: no cloud tier)."""
+    usage = engine.get("usage")
+    if not usage or engine.get("engine") != "cascade":
+        return None
+    return (
+        f"cloud usage: speech-to-text {usage['stt_s']:.1f} s ({usage['stt_billed_s']:.0f} s billed), LLM "
+        f"{usage['llm_tokens_in']} tokens in / {usage['llm_tokens_out']} out, speech {usage['tts_chars']} characters: "
+        f"about ${usage['cost_usd_estimate']:.4f} (prices: ~/.config/aimsvoice/prices.toml)"
+    )
 
 
 def conversation_spec(settings: TalkSettings, persona: Persona) -> ConversationSpec:
@@ -271,17 +320,51 @@ def voice_file(voice: str | None) -> Path | None:
     return Path(voice) if voice and Path(voice).is_file() else None
 
 
-def open_engine(settings: TalkSettings) -> tuple[Engine, ConversationSpec, Persona]:
-    """Load the model and the persona; `engine.start(spec)` then runs its system prompt.
+def open_engine(
+    settings: TalkSettings, *, pace: str = "model", notify: Notify | None = None,
+) -> tuple[FrameEngine, ConversationSpec, Persona]:
+    """The persona and the engine of the tier `choose_engine` picks; `engine.start(spec)` then starts the conversation.
 
-    The model's files and the voice are checked before the weights load.
+    pace: "model" offline, "live" on devices (the cascade's; PersonaPlex keeps its own).
+    notify: told the tier and why in one line, and of a hand-over. With `auto`, a PersonaPlex that
+    fails to load hands over to the next tier at once, and one that fails mid-session at the next
+    turn (FallbackEngine). PersonaPlex's files and voice are checked before the weights load.
     """
     persona = personas.load(settings.persona)
     spec = conversation_spec(settings, persona)
+    choice = choose_engine(settings)
+    if notify is not None and choice.auto:  # auto decided: say which tier and why (a tier named is not explained)
+        notify(choice.line())
+    if choice.tier != "personaplex":
+        return open_cascade(choice.tier, settings, persona, pace), spec, persona
+    if not choice.auto:
+        return _open_personaplex(settings, spec), spec, persona
+    from .engine.cascade.choose import after_personaplex, gather_facts
+    from .engine.cascade.fallback import FallbackEngine, failure_line
+
+    def next_tier(why: str) -> TierChoice:
+        return after_personaplex(gather_facts(None, "cpu"), why)  # cpu: the GPU is not looked at again
+
+    try:
+        engine = _open_personaplex(settings, spec)
+    except Exception as e:
+        fallback = next_tier(f"PersonaPlex failed to load ({failure_line(e)})")
+        if notify is not None:
+            notify(fallback.line())
+        return open_cascade(fallback.tier, settings, persona, pace), spec, persona
+
+    def hand_over() -> tuple[FrameEngine, str]:
+        tier = next_tier("PersonaPlex failed").tier
+        return open_cascade(tier, settings, persona, pace), tier
+
+    return FallbackEngine(engine, hand_over), spec, persona
+
+
+def _open_personaplex(settings: TalkSettings, spec: ConversationSpec) -> Engine:
     model_dir = resolve_model_dir(settings.model)
     check_model(model_dir, (spec,))
-    model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
-    return Engine(model, settings.engine_config), spec, persona
+    model = load_model(model_dir, device=settings.device, dtype=settings.dtype, quantize=settings.quantize)
+    return Engine(model, settings.engine_config)
 
 
 def open_batch_engine(
@@ -293,7 +376,7 @@ def open_batch_engine(
     """
     model_dir = resolve_model_dir(settings.model)
     check_model(model_dir, specs)
-    model = load_model(model_dir, device=settings.device, dtype=settings.dtype)
+    model = load_model(model_dir, device=settings.device, dtype=settings.dtype, quantize=settings.quantize)
     size = max_batch_size(model) if batch_size is None else batch_size
     return PersonaPlexBatch(model, settings.engine_config, max(1, min(size, most or size)))
 
@@ -321,7 +404,7 @@ def write_transcript(
 
 def talk_offline(
     settings: TalkSettings, in_path: Path, out_path: Path, transcript_path: Path | None = None,
-    on_step: StepCallback | None = None,
+    on_step: StepCallback | None = None, notify: Notify | None = None,
 ) -> OfflineResult:
     """A whole conversation from a file: user audio in, agent audio (and transcript) out.
 
@@ -333,7 +416,7 @@ def talk_offline(
     check_audio_suffix(out_path)
     with deferred_interrupt() as ctrl_c:
         user_pcm = read_wav(in_path)
-        engine, spec, persona = open_engine(settings)
+        engine, spec, persona = open_engine(settings, pace="model", notify=notify)
         try:
             if not ctrl_c.requested:
                 engine.start(spec)

@@ -8,6 +8,7 @@ or the step thread.
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -83,6 +84,8 @@ def render(snap: LiveSnapshot) -> RenderableType:
     grid.add_row("dropped", f"input {snap.input_shed_ms / 1000:6.2f} s   playback {snap.output_shed_ms / 1000:6.2f} s")
     grid.add_row("underruns", f"{snap.underruns}   ({snap.underrun_ms / 1000:.2f} s of silence)")
     grid.add_row("echo cancel", aec_text(snap.aec_on, snap.aec_erle_db))
+    if snap.notices:  # the cascade: the tier and providers of the last turn, failovers
+        grid.add_row("serving", Text(snap.notices[-1], overflow="fold"))
     return Panel(grid, title="aimsvoice talk", subtitle="Ctrl-C to end")  # full width: steady as words stream
 
 
@@ -129,6 +132,7 @@ class LiveView:
         self._live: Live | None = None
         self._last_plain_s = -PLAIN_PERIOD_S
         self._n_words_printed = 0
+        self._notices_printed: deque[str] = deque(maxlen=8)
 
     def open(self, aec_on: bool = False, aec_hint: str | None = None) -> None:
         for hint in live_hints(aec_on, aec_hint):
@@ -158,6 +162,10 @@ class LiveView:
             return
         self._last_plain_s = snap.elapsed_s
         self.console.print(plain_line(snap), highlight=False, soft_wrap=True)
+        for notice in snap.notices:
+            if notice not in self._notices_printed:
+                self.console.print(notice, highlight=False, soft_wrap=True)
+                self._notices_printed.append(notice)
         complete = snap.words[:-1]  # the last word may still grow by a piece
         if len(complete) > self._n_words_printed:
             self.console.print("agent: " + " ".join(complete[self._n_words_printed :]), highlight=False, soft_wrap=True)
@@ -302,6 +310,8 @@ class OfflineProgress:
     def step(self, out: StepOut, done: int, total: int) -> None:
         """One frame computed (`talk_offline`'s on_step)."""
         self._compute_ms += out.timings_ms.get("total", 0.0)
+        if out.event:  # which tier served a turn, a failover: above the bar, on the progress console
+            self.console.print(out.event, highlight=False, soft_wrap=True)
         if not self.live:
             if out.text and self.words is not None:
                 self.words.print(out.text, end="", soft_wrap=True)

@@ -193,7 +193,7 @@ def test_aec_default_follows_the_output_device_unless_the_flag_says(flag, device
 @pytest.mark.parametrize(("args", "expected"), [([], None), (["--aec"], True), (["--no-aec"], False)])
 def test_talk_passes_aec_to_the_live_session(monkeypatch: pytest.MonkeyPatch, args: list[str], expected) -> None:
     calls: list[dict] = []
-    monkeypatch.setattr(live, "talk_on_devices", lambda settings, config, view: calls.append(config))
+    monkeypatch.setattr(live, "talk_on_devices", lambda settings, config, view, notify=None: calls.append(config))
     result = CliRunner().invoke(cli.app, ["talk", "--model", "tiny", *args])
     assert result.exit_code == 0, result.output
     assert calls[0].aec is expected

@@ -126,7 +126,7 @@ def talk_args(user_wav: Path, tmp_path: Path, *extra: str) -> list[str]:
 def test_no_pulled_weights(user_wav, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    code, _, err = run_main(talk_args(user_wav, tmp_path), capsys, monkeypatch)
+    code, _, err = run_main(talk_args(user_wav, tmp_path, "--engine", "personaplex"), capsys, monkeypatch)  # auto would fall back
     assert_one_line_error(code, err, "aimsvoice pull-weights", "--model tiny")
 
 

@@ -42,7 +42,7 @@ CHILD_TIMEOUT_S = 120
 
 
 class PassThroughEngine:
-    """Answers each frame with a copy of itself; every `text_every` frames also says a word."""
+    """A `FrameEngine` that answers each frame with a copy of itself; every `text_every` frames also says a word."""
 
     def __init__(self, *, text_every: int = 0, sleep: Callable[[float], None] = time.sleep, compute_s: float = 0.0) -> None:
         self.text_every = text_every
@@ -50,8 +50,17 @@ class PassThroughEngine:
         self.compute_s = compute_s
         self.n_steps = 0
 
+    def start(self, spec: Any) -> None:
+        self.n_steps = 0
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": type(self).__name__}
+
     def step(self, pcm: np.ndarray) -> Any:
-        from aimsvoice.engine.loop import StepOut  # here: the capture/play scenarios never load torch
+        from aimsvoice.engine.contract import StepOut  # torch-free: the capture/play scenarios never load torch
 
         assert pcm.shape == (1920,) and pcm.dtype == np.float32, (pcm.shape, pcm.dtype)
         if self.compute_s:

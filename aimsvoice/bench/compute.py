@@ -36,7 +36,8 @@ class ComputeSettings:
     """What to measure.
 
     model: "tiny", a model folder, or None for the pulled weights; random_weights: an architecture
-        ("7b") built with random weights instead of any model.
+        ("7b", "small") built with random weights instead of any model.
+    quantize: "auto", "none" or "int8" (engine/quantize.py); cuda_graphs: off to measure without them.
     batch_sizes: conversations stepped together, each measured in turn.
     frames: measured ticks per batch size; warmup: ticks run first and discarded (None:
         min(10, frames)), after the engine's own warm-up and the rows' system prompts.
@@ -51,6 +52,8 @@ class ComputeSettings:
     warmup: int | None = None
     seed: int = 0
     context: str = "pinned"
+    quantize: str = "auto"
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,14 @@ class ComputeReport:
     runs: tuple[BatchRun, ...]
     machine: dict[str, Any] = field(default_factory=dict)
     budget_ms: float = FRAME_MS
+    quantize: str = "none"
+    cuda_graphs: bool = True
+
+    @property
+    def precision(self) -> str:
+        """The dtype, with int8 weights and CUDA graphs off where so: "bfloat16, int8 weights"."""
+        graphs_off = self.device == "cuda" and not self.cuda_graphs
+        return self.dtype + (", int8 weights" if self.quantize == "int8" else "") + (", no CUDA graphs" if graphs_off else "")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +159,8 @@ class ComputeReport:
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
+            "quantize": self.quantize,
+            "cuda_graphs": self.cuda_graphs,
             "context": self.context,
             "frames": self.frames,
             "warmup_frames": self.warmup,
@@ -178,10 +191,10 @@ def run_compute(settings: ComputeSettings, on_step: Callable[[int, int, StepOut]
     if settings.random_weights is not None:
         from .randomweights import random_model
 
-        model = random_model(settings.random_weights, settings.device, settings.dtype, settings.seed)
+        model = random_model(settings.random_weights, settings.device, settings.dtype, settings.seed, settings.quantize)
         label = f"random weights {settings.random_weights}"
     else:
-        model = load_model(resolve_model_dir(settings.model), settings.device, settings.dtype)
+        model = load_model(resolve_model_dir(settings.model), settings.device, settings.dtype, settings.quantize)
         label = settings.model or str(model.files.directory)
     load_s = time.perf_counter() - started
     runs = tuple(_measure(model, settings, batch_size, warmup, on_step) for batch_size in settings.batch_sizes)
@@ -195,6 +208,8 @@ def run_compute(settings: ComputeSettings, on_step: Callable[[int, int, StepOut]
         load_s=load_s,
         runs=runs,
         machine=describe_machine(model.device, load_average),
+        quantize=model.quantize,
+        cuda_graphs=settings.cuda_graphs,
     )
 
 
@@ -204,7 +219,9 @@ def _measure(
 ) -> BatchRun:
     """B conversations (no voice prompt: it costs nothing per tick) sampling with their own seeds, ticked together."""
     reset_peak_memory(model.device)
-    config = EngineConfig(device=settings.device, dtype=settings.dtype, profile=True, context=settings.context)
+    config = EngineConfig(
+        device=settings.device, dtype=settings.dtype, profile=True, context=settings.context, cuda_graphs=settings.cuda_graphs,
+    )
     rng = np.random.default_rng(settings.seed)
     frames = (INPUT_LEVEL * rng.standard_normal((batch_size, FRAME_SIZE))).astype(np.float32)
     timings: dict[str, list[float]] = {stage: [] for stage in STAGES}

@@ -35,6 +35,7 @@ class ContextSettings:
     device: str = "auto"
     dtype: str = "auto"
     context: str = "pinned"
+    quantize: str = "auto"  # int8 weights, as for `talk`
     minutes: float = 60.0
     seed: int = 0
     persona: str | None = None
@@ -83,9 +84,9 @@ def run_context(settings: ContextSettings, on_progress: Callable[[int, int], Non
     load_average = os.getloadavg()[0]
     talk = TalkSettings(
         model=settings.model, persona=settings.persona, text_prompt=settings.text_prompt, device=settings.device,
-        dtype=settings.dtype, context=settings.context, greedy=True,
+        dtype=settings.dtype, context=settings.context, quantize=settings.quantize, greedy=True,
     )
-    model = load_model(resolve_model_dir(settings.model), settings.device, settings.dtype)
+    model = load_model(resolve_model_dir(settings.model), settings.device, settings.dtype, settings.quantize)
     window = context_of(model.lm.transformer)
     if window is None:
         raise BenchError(f"{model.files.directory}: the model's attention has no window; nothing to measure.")

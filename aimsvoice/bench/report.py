@@ -38,7 +38,7 @@ def compute_view(report: ComputeReport) -> RenderableType:
     """Per batch size, per-stage percentiles of a tick; then the batch sizes side by side, and the verdicts."""
     parts: list[RenderableType] = []
     for run in report.runs:
-        title = f"compute per 80 ms tick, batch {run.batch_size}: {report.model}, {report.device}, {report.dtype}, context {report.context}"
+        title = f"compute per 80 ms tick, batch {run.batch_size}: {report.model}, {report.device}, {report.precision}, context {report.context}"
         table = Table(title=title, title_justify="left")
         table.add_column("stage")
         for column in ("p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"):
@@ -154,7 +154,7 @@ def _format(value: Any, key: str, samples: int | None) -> str:
 def markdown_compute(report: ComputeReport, command: str) -> str:
     """A dated BENCHMARKS.md entry: command, machine, per-stage table of each batch size, batch sizes, verdicts."""
     lines = [_heading(command), "", _machine_line(report.machine), "",
-             f"{report.model}, {report.device}, {report.dtype}, context {report.context}.", ""]
+             f"{report.model}, {report.device}, {report.precision}, context {report.context}.", ""]
     lines += ["| batch | stage | p50 ms | p95 ms | p99 ms | max ms | mean ms |", "|---:|---|---:|---:|---:|---:|---:|"]
     for run in report.runs:
         for stage in STAGES:

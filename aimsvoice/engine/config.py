@@ -36,6 +36,9 @@ class EngineConfig:
     context: "pinned" keeps each conversation's system prompt in the attention window for good
         (engine/context.py); "ring" lets it roll out after the window, as moshi and the reference do.
     profile: synchronize the device between stages so per-stage timings are exact (slower).
+    quantize: "int8" weights for the temporal transformer and the depformer, "none", or "auto"
+        (int8 on a CUDA GPU whose free memory the model does not fit otherwise): engine/quantize.py.
+        Applied when the model loads (`load_model(..., quantize=)`).
     """
 
     device: str = "auto"
@@ -43,3 +46,4 @@ class EngineConfig:
     cuda_graphs: bool = True
     profile: bool = False
     context: str = "pinned"
+    quantize: str = "auto"

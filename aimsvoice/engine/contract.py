@@ -46,6 +46,7 @@ class StepOut:
     text: str | None  # the text piece the agent produced this frame; None for padding
     text_token: int  # the raw text token id
     timings_ms: dict[str, float] = field(default_factory=dict)  # encode, lm, decode, total (+ temporal, depformer with profile)
+    event: str | None = None  # a one-line notice for the user: which tier served a turn, a failover (the cascade, `auto`)
 
 
 class FrameEngine(Protocol):

@@ -1,8 +1,9 @@
 """Build and load PersonaPlex from a model directory with moshi's own loaders.
 
 The LM is built on the meta device and its weights are assigned straight onto the target device
-and dtype (moshi's `get_moshi_lm`); Mimi comes from moshi's `get_mimi`, with a non-default Mimi
-config when config.json names one (`mimi_config_name`).
+and dtype (moshi's `get_moshi_lm`); with int8 weights it is loaded piece by piece and quantized as
+it loads (int8.py). Mimi comes from moshi's `get_mimi`, with a non-default Mimi config when
+config.json names one (`mimi_config_name`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .. import layout
 from ..audio.format import FRAME_RATE, SAMPLE_RATE
 from ..errors import DeviceError, ModelFileError, ModelNotFoundError
 from .contract import ConversationSpec
+from .quantize import check_quantize, choose_quantize, need_bytes, safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     fingerprint: str  # identifies these weights, for caches keyed by model
+    quantize: str = "none"  # "int8": the transformer's and the depformer's linear weights are int8 (int8.py)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,13 +218,35 @@ def _shape_error(path: Path, e: Exception) -> ModelFileError:
     )
 
 
-def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load LM, Mimi and text tokenizer from a model directory onto `device`."""
+def resolve_quantize(quantize: str, files: ModelFiles, device: torch.device, dtype: torch.dtype) -> str:
+    """"auto" -> "int8" on a CUDA device whose free memory the model does not fit in full precision
+    (quantize.py's rule), else "none"; "none" and "int8" as they are."""
+    if check_quantize(quantize) != "auto":
+        return quantize
+    if device.type != "cuda":
+        return "none"
+    from .memory import free_bytes
+
+    mimi_params = sum(math.prod(shape) for _, shape in safetensors_shapes(files.mimi))
+    need = need_bytes(safetensors_shapes(files.lm), files.lm_kwargs, str(dtype).removeprefix("torch."), "none", mimi_params)
+    free = free_bytes(device)
+    chosen = choose_quantize(free, need)
+    logger.info("--quantize auto: %s (%.1f GB free, %.1f GB needed in %s)", chosen, free / 1e9, need / 1e9, dtype)
+    return chosen
+
+
+def load_model(directory: Path, device: str = "auto", dtype: str = "auto", quantize: str = "auto") -> LoadedModel:
+    """Load LM, Mimi and text tokenizer from a model directory onto `device`.
+
+    quantize: "none", "int8" (the transformer's and depformer's linear weights, quantized as they
+    load: int8.py) or "auto" (`resolve_quantize`).
+    """
     files = read_model_files(directory)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     for path in (files.lm, files.mimi):
         _check_safetensors(path)
+    quantize = resolve_quantize(quantize, files, torch_device, torch_dtype)
 
     logger.info("loading mimi from %s", files.mimi)
     try:
@@ -238,9 +264,14 @@ def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> Lo
             f"{SAMPLE_RATE} Hz / {FRAME_RATE} fps; use PersonaPlex's Mimi."
         )
 
-    logger.info("loading the LM from %s", files.lm)
+    logger.info("loading the LM from %s%s", files.lm, " (int8 weights)" if quantize == "int8" else "")
     try:
-        lm = loaders.get_moshi_lm(files.lm, lm_kwargs=files.lm_kwargs, device=torch_device, dtype=torch_dtype)
+        if quantize == "int8":
+            from .int8 import load_lm
+
+            lm = load_lm(files.lm, files.lm_kwargs, torch_device, torch_dtype)
+        else:
+            lm = loaders.get_moshi_lm(files.lm, lm_kwargs=files.lm_kwargs, device=torch_device, dtype=torch_dtype)
     except RuntimeError as e:
         raise _shape_error(files.lm, e) from e
     except Exception as e:  # wrong keys or types in the architecture fail anywhere in moshi's constructors
@@ -259,4 +290,4 @@ def load_model(directory: Path, device: str = "auto", dtype: str = "auto") -> Lo
         # spin against other work: measured on 2 cores, 26 ms of CPU per frame on one thread, 300 on two.
         torch.set_num_threads(1)
     tokenizer = _load_tokenizer(files)
-    return LoadedModel(files, lm, mimi, tokenizer, torch_device, torch_dtype, fingerprint(files))
+    return LoadedModel(files, lm, mimi, tokenizer, torch_device, torch_dtype, fingerprint(files), quantize)

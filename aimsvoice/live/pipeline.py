@@ -224,6 +224,7 @@ class LivePipeline:
             frames=len(self.compute_ms),
             words=words,
             text_tail=" ".join(words)[-240:],
+            notices=tuple(event for _, event in self.transcript.events[-3:]),
             input_level_db=self.input_level_db,
             output_level_db=self.output_level_db,
             compute_p50_ms=float(np.percentile(recent, 50)),

@@ -53,6 +53,7 @@ class LiveSnapshot:
     underrun_ms: float
     aec_on: bool = False
     aec_erle_db: float | None = None  # the canceller's running estimate; None while off or before the agent spoke
+    notices: tuple[str, ...] = ()  # the engine's latest notices: which tier and provider served a turn, failovers
 
 
 @dataclass(frozen=True)

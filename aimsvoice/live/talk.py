@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..audio.aec import EchoCanceller, aec_default
 from ..audio.devices import AudioConfig, list_devices, match_device, open_duplex
@@ -14,7 +14,7 @@ from ..audio.recorder import Recorder
 from ..engine.contract import FrameEngine
 from ..errors import AudioDeviceError
 from ..outputs import OutputPathError, check_outputs
-from ..session import TalkSettings, open_engine, settings_context
+from ..session import TalkSettings, open_engine, settings_context, usage_line
 from .pipeline import LivePipeline
 from .stats import LiveObserver, LiveSummary
 
@@ -118,6 +118,7 @@ def talk_live(
                 **config.to_json(),
                 "aec": aec_on,
                 **(context or {}),
+                **engine.describe(),  # at the end: the cascade's turns (who served each), its usage
             }
             recorder.close(
                 {
@@ -132,11 +133,15 @@ def talk_live(
     return summary
 
 
-def talk_on_devices(settings: TalkSettings, config: LiveConfig = LiveConfig(), view: LiveObserver | None = None) -> LiveSummary:
+def talk_on_devices(
+    settings: TalkSettings, config: LiveConfig = LiveConfig(), view: LiveObserver | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> LiveSummary:
     """`aimsvoice talk` without --in/--out: load the model and persona, then `talk_live`.
 
     The recording's paths and the devices are checked first, so a wrong --record or --input-device
-    fails before the model loads.
+    fails before the model loads. notify: told the tier and why (and, for the cascade, the cloud
+    usage at the end).
     """
     if config.record is not None:
         check_outputs({"--record": config.record, "--record (its JSON)": config.record.with_suffix(".json")})
@@ -145,12 +150,14 @@ def talk_on_devices(settings: TalkSettings, config: LiveConfig = LiveConfig(), v
     found = list_devices()
     match_device(found, config.audio.input_device, "input")
     match_device(found, config.audio.output_device, "output")
-    engine, spec, persona = open_engine(settings)
+    engine, spec, persona = open_engine(settings, pace="live", notify=notify)
     try:
         engine.start(spec)
         context = settings_context(settings, engine.describe(), spec)
         return talk_live(engine, persona_name=persona.display_name, config=config, view=view, context=context)
     finally:
+        if notify is not None and (line := usage_line(engine.describe())) is not None:
+            notify(line)
         engine.close()
 
 

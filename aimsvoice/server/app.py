@@ -7,6 +7,8 @@ Routes:
 - `GET /api/chat` (WebSocket): the reference protocol; refused with HTTP 503 + Retry-After when full.
 - `GET /ws` (WebSocket): the brief's protocol; when full, a JSON error and close 1013.
 - `GET /healthz`: JSON, open to load balancers; `GET /metrics`: Prometheus text.
+- `GET /` and `GET /static/NAME`: the web page (web/, open to all: it asks for the token itself);
+  `GET /api/personas`: the personas, for its picker (JSON; token-guarded like /metrics).
 
 Each session runs a receiver (client messages -> decoded audio -> `Inbound`) and a sender
 (`Outbox` events -> encoded messages) on the event loop; the tick thread never waits for either.
@@ -33,6 +35,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..session import resolve_model_dir
+from . import web
 from .access import Access, Denial, access_for
 from .conditioning import conversation_for
 from .config import CONFIG_TIMEOUT_S, FRAME_S, MAX_AUDIO_MESSAGE_BYTES, MAX_TEXT_MESSAGE_BYTES, SEND_TIMEOUT_S, ServerConfig
@@ -41,10 +44,10 @@ from .metrics import CONTENT_TYPE, Metrics
 from .protocols import (
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVER_ERROR, CLOSE_SERVICE_RESTART, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED, KIND_AUDIO, OPUS_24K, AudioFormat, ProtocolError, SessionRequest, audio_message, close_reason, decoder, encoder,
-    error_message, handshake, json_message, parse_chat_query, parse_persona_config, split_kind, text_message,
+    error_message, handshake, json_message, parse_chat_query, parse_persona_config, ping_id, split_kind, text_message,
 )
 from .scheduler import EngineFactory, Scheduler, pytorch_engine_factory
-from .sessions import AudioOut, Ended, Event, Ready, ServerSession, TextOut, Warming
+from .sessions import AudioOut, Ended, Event, Pong, Ready, ServerSession, TextOut, Warming
 
 END_CODES = {"server-shutdown": CLOSE_GOING_AWAY, "error": CLOSE_SERVER_ERROR, "bad-request": CLOSE_POLICY}  # else normal
 CLIENT_ENDINGS = frozenset({"client-ended"})  # the client ended the session and still listens
@@ -58,13 +61,15 @@ class ServerState:
     scheduler: Scheduler
     metrics: Metrics
     access: Access
-    model_dir: Path
+    model_dir: Path | None  # None: the cascade or the local tier
 
 
 def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = None, model_dir: Path | None = None) -> Starlette:
+    # config.engine: "cascade" or "local" (decided by `serve`) runs without a model folder, on `engine_factory`
     """The server as an ASGI app. engine_factory: builds the engine (default: PersonaPlex on config's model)."""
     access = access_for(config)
-    model_dir = model_dir if model_dir is not None else resolve_model_dir(config.model)
+    if model_dir is None and config.engine in ("auto", "personaplex"):  # the cascade has no model folder
+        model_dir = resolve_model_dir(config.model)
     metrics = Metrics()
     scheduler = Scheduler(config, metrics, engine_factory or pytorch_engine_factory(config, model_dir))
 
@@ -83,6 +88,9 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
             WebSocketRoute("/ws", brief_endpoint),
             Route("/healthz", healthz),
             Route("/metrics", metrics_endpoint),
+            Route("/", web.index),
+            Route("/static/{name}", web.asset),
+            Route("/api/personas", personas_endpoint),
         ],
         lifespan=lifespan,
     )
@@ -107,6 +115,13 @@ async def metrics_endpoint(request: Request) -> Response:
     if denial is not None:
         return PlainTextResponse(denial.message + "\n", denial.status, headers=_auth_headers(denial))
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+async def personas_endpoint(request: Request) -> Response:
+    denial = _state(request).access.check(request.headers, request.query_params)
+    if denial is not None:
+        return JSONResponse({"error": denial.message}, denial.status, headers=_auth_headers(denial))
+    return JSONResponse(await asyncio.to_thread(web.persona_list))
 
 
 def _auth_headers(denial: Denial) -> dict[str, str]:
@@ -394,6 +409,8 @@ class BriefWire(Wire):
             text = json_message("warming", message="the model is loading; ready follows")
         elif isinstance(event, TextOut):
             text = json_message("text", text=event.text)
+        elif isinstance(event, Pong):
+            text = json_message("pong", id=event.id)
         else:
             return 0
         await websocket.send_text(text)
@@ -424,7 +441,11 @@ class BriefWire(Wire):
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "end":
             return "client-ended"
+        if kind == "ping":  # answered in turn with the agent's audio: the round trip a client's audio sees
+            self.session.outbox.put(Pong(ping_id(data.get("id"))))
+            return None
         if kind == "persona_config":
             raise ProtocolError("persona_config comes once, first; open a new connection for another persona")
-        raise ProtocolError(f'unknown message type {kind!r}: after persona_config a client sends audio, or {{"type": "end"}}')
+        raise ProtocolError(
+            f'unknown message type {kind!r}: after persona_config a client sends audio, {{"type": "ping", "id": N}} or {{"type": "end"}}')
 

@@ -20,6 +20,7 @@ from typing import Any
 from .. import personas, xdg
 from ..audio.format import SAMPLE_RATE
 from ..audio.wavio import read_wav
+from ..engine.cascade.engine import ELEVENLABS_VOICE_ID
 from ..engine.contract import ConversationSpec
 from ..engine.prompts import normalize_loudness, voice_names
 from ..errors import AimsvoiceError
@@ -31,7 +32,7 @@ VOICES_SUBDIR = "server-voices"
 SEED_BITS = 31
 
 
-def conversation_for(request: SessionRequest, model_dir: Path) -> tuple[ConversationSpec, dict[str, Any]]:
+def conversation_for(request: SessionRequest, model_dir: Path | None) -> tuple[ConversationSpec, dict[str, Any]]:
     """The conversation a request asks for, and what to log and record about it.
 
     A session without a seed gets a random one, recorded, so that it can be replayed.
@@ -42,7 +43,9 @@ def conversation_for(request: SessionRequest, model_dir: Path) -> tuple[Conversa
     except AimsvoiceError as e:
         raise ProtocolError(str(e)) from None
     voice = None
-    if request.voice is not None:
+    if model_dir is None:  # the cascade: a voice is an ElevenLabs voice id, by default the persona's
+        voice = cascade_voice(request, persona.cascade.get("voice_id"))
+    elif request.voice is not None:
         voice = model_voice(request.voice, model_dir)
     elif request.voice_audio is not None:
         voice = str(store_voice_audio(request.voice_audio))
@@ -58,6 +61,17 @@ def conversation_for(request: SessionRequest, model_dir: Path) -> tuple[Conversa
         "seed": spec.seed,
     }
     return spec, info
+
+
+def cascade_voice(request: SessionRequest, persona_voice: str | None) -> str | None:
+    """The cascade's voice for a session: voice_prompt as an ElevenLabs voice id, else the persona's."""
+    if request.voice_audio is not None:
+        raise ProtocolError("voice_audio needs PersonaPlex; this server runs the cascade: send an ElevenLabs voice id as voice_prompt")
+    if request.voice is None:
+        return persona_voice
+    if not ELEVENLABS_VOICE_ID.fullmatch(request.voice):
+        raise ProtocolError(f"voice_prompt {request.voice!r}: this server runs the cascade; send an ElevenLabs voice id (20 letters and digits)")
+    return request.voice
 
 
 def model_voice(name: str, model_dir: Path) -> str:

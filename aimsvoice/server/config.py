@@ -45,7 +45,8 @@ class ServerConfig:
     token_file: a file holding the bearer token clients must present (header or `?token=`).
     allow_origins: browser origins allowed besides the server's own (and localhost on loopback); "*": any.
     record: a folder for one stereo WAV + JSON per session, as `talk --record` writes.
-    context: the attention window, as for `talk` ("pinned" or "ring").
+    context: the attention window, as for `talk` ("pinned" or "ring"); quantize: int8 weights, as for `talk`.
+    engine, llm_url, llm_model: the tier and its reply model, as for `talk` (`auto` is decided when the server starts).
     """
 
     model: str | None = None
@@ -62,6 +63,10 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()
     record: Path | None = None
     context: str = "pinned"
+    quantize: str = "auto"
+    engine: str = "auto"  # auto, personaplex, cascade or local, as for `talk` (each session its own cascade engine)
+    llm_url: str | None = None
+    llm_model: str | None = None
     input_backlog_frames: int = INPUT_BACKLOG_FRAMES
     output_queue_frames: int = OUTPUT_QUEUE_FRAMES
 

@@ -59,6 +59,7 @@ TEMPERATURE_MAX = 10.0
 TOPK_MAX = 100_000
 SEED_MAX = 2**63 - 1
 VOICE_NAME_MAX = 64
+PING_ID_MAX = 64
 
 
 class ProtocolError(ValueError):
@@ -273,6 +274,15 @@ def text_message(text: str) -> bytes:
 
 def error_message(text: str) -> bytes:
     return bytes([KIND_ERROR]) + text.encode("utf-8")
+
+
+def ping_id(value: Any) -> int | float | str | None:
+    """A /ws ping's `id`, echoed in its pong: a number or a short string (or none)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return value
+    if isinstance(value, str) and len(value) <= PING_ID_MAX:
+        return value
+    raise ProtocolError(f"ping: id must be a number or a string of at most {PING_ID_MAX} characters")
 
 
 def json_message(kind: str, **fields: Any) -> str:

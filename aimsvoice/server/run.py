@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import replace
 from typing import Callable
 
 import uvicorn
@@ -11,9 +12,10 @@ from starlette.applications import Starlette
 
 from ..errors import AimsvoiceError, ServerError
 from ..engine import check_model
-from ..session import resolve_model_dir
+from ..session import TalkSettings, choose_engine, resolve_model_dir
 from .app import create_app
 from .config import MAX_MESSAGE_BYTES, SEND_TIMEOUT_S, ServerConfig
+from .scheduler import cascade_engine_factory
 from .tls import TlsFiles, resolve_tls
 
 PING_INTERVAL_S = 20.0  # a client gone without a word (network lost) is noticed within ~40 s
@@ -32,14 +34,25 @@ def serve(config: ServerConfig, *, echo: Callable[[str], None] = print) -> None:
     if tls is not None:
         made = "made a self-signed certificate: " if tls.created else "certificate: "
         echo(f"{made}{tls.cert} (SHA-256 {tls.fingerprint})")
-    model_dir = resolve_model_dir(config.model)
-    check_model(model_dir)
+    choice = choose_engine(TalkSettings(
+        model=config.model, device=config.device, dtype=config.dtype, quantize=config.quantize, engine=config.engine, llm_url=config.llm_url,
+        llm_model=config.llm_model,
+    ))
+    if choice.auto:
+        echo(choice.line())
+    factory, model_dir = None, None
+    if choice.tier == "personaplex":
+        model_dir = resolve_model_dir(config.model)
+        check_model(model_dir)
+    else:  # every session its own cascade (or local) engine, a row of FrameRows
+        config = replace(config, engine=choice.tier)
+        factory = cascade_engine_factory(config, choice.tier)
     if config.record is not None:
         _check_writable(config.record)
-    app = create_app(config, model_dir=model_dir)
+    app = create_app(config, model_dir=model_dir, engine_factory=factory)
     sock = bind(config.host, config.port)
     scheduler = app.state.server.scheduler
-    echo(f"loading the model from {model_dir} ...")
+    echo(f"loading the model from {model_dir} ..." if model_dir is not None else f"starting the {choice.tier} tier ...")
     scheduler.start()
     try:
         scheduler.wait_ready()
@@ -55,7 +68,8 @@ def serve(config: ServerConfig, *, echo: Callable[[str], None] = print) -> None:
     port = sock.getsockname()[1]
     health = scheduler.health()
     echo(
-        f"serving {health['sessions_max']} sessions at most on {health['device']}: {ws}://{host}:{port}/api/chat "
+        f"serving {health['sessions_max']} sessions at most on {health['device']}: {scheme}://{host}:{port}/ (the web page), "
+        f"{ws}://{host}:{port}/api/chat "
         f"(PersonaPlex/Moshi clients), {ws}://{host}:{port}/ws, {scheme}://{host}:{port}/healthz, /metrics; Ctrl-C stops"
     )
     uvicorn_server(app, tls).run(sockets=[sock])

@@ -68,9 +68,26 @@ def pytorch_engine_factory(config: ServerConfig, model_dir: Path) -> EngineFacto
     def make(rows: int | None) -> BatchEngine:
         from ..engine import EngineConfig, PersonaPlexBatch, load_model, max_batch_size
 
-        model = load_model(model_dir, device=config.device, dtype=config.dtype)
+        model = load_model(model_dir, device=config.device, dtype=config.dtype, quantize=config.quantize)
         size = rows if rows is not None else min(max_batch_size(model), SESSION_CAP)
-        return PersonaPlexBatch(model, EngineConfig(device=config.device, dtype=config.dtype, context=config.context), size)
+        engine_config = EngineConfig(device=config.device, dtype=config.dtype, context=config.context, quantize=config.quantize)
+        return PersonaPlexBatch(model, engine_config, size)
+
+    return make
+
+
+def cascade_engine_factory(config: ServerConfig, tier: str) -> EngineFactory:
+    """The cascade or the local tier: every session its own engine (live pace), rows of a `FrameRows`.
+
+    The keys are checked here, so `serve` fails before it listens when they are missing."""
+    from ..engine.cascade import CascadeEngine, CascadeKeyError, FrameRows, cascade_config
+
+    cascade = cascade_config(tier, pace="live", llm_url=config.llm_url, llm_model=config.llm_model)
+    if missing := cascade.missing_keys():
+        raise CascadeKeyError(f"{' and '.join(missing)} not set: `serve --engine cascade` needs them; set them, or use --engine local")
+
+    def make(rows: int | None) -> BatchEngine:
+        return FrameRows(lambda: CascadeEngine(cascade), rows or SESSION_CAP, {"engine": tier, "device": f"{tier} (network)" if tier == "cascade" else "cpu"})
 
     return make
 
@@ -357,6 +374,8 @@ class Scheduler:
             if session.recorder is not None:
                 session.recorder.push(frames[session.row], out.pcm)
             session.transcript.add(out)
+            if out.event:  # the cascade: which tier served a turn, a failover
+                logger.info("session %s: %s", session.id, out.event)
             session.outbox.put(AudioOut(out.pcm))
             if out.text:
                 session.outbox.put(TextOut(out.text))
@@ -437,6 +456,7 @@ class Scheduler:
         if session.row is not None and self._rows.get(session.row) is session:
             del self._rows[session.row]
             if self._engine is not None:
+                session.info["engine"] = self._engine.describe(session.row)  # at the end: the cascade's turns and usage
                 self._engine.close_row(session.row)
         self._clocks.pop(session.id, None)
         session.end_reason = reason

@@ -69,7 +69,14 @@ class Ended:
     message: str | None = None
 
 
-Event = Warming | Ready | AudioOut | TextOut | Ended
+@dataclass(frozen=True)
+class Pong:
+    """The answer to a /ws client's ping, queued behind the audio before it (event loop -> itself)."""
+
+    id: int | float | str | None
+
+
+Event = Warming | Ready | AudioOut | TextOut | Ended | Pong
 
 
 class Outbox:
