@@ -16,16 +16,17 @@ import numpy as np
 from . import personas
 from .audio import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE, n_frames, read_wav, write_wav
 from .audio.wavio import check_audio_suffix
-from .engine import (
-    BatchEngine, ConversationSpec, Engine, EngineConfig, FrameEngine, PersonaPlexBatch, SamplingConfig, StepOut,
-    check_model, ensure_tiny_model, load_model, max_batch_size,
-)
+# Torch-free: the PersonaPlex pieces (torch, moshi) are imported where a PersonaPlex engine is opened,
+# so the cascade and the local tier start without them.
+from .engine.config import EngineConfig, SamplingConfig
+from .engine.contract import BatchEngine, ConversationSpec, FrameEngine, StepOut
 from .errors import AimsvoiceError, ModelNotFoundError
 from .interrupts import Interrupt, deferred_interrupt
 from .outputs import STDIO, check_outputs, replacing
 from .personas import Persona
 
 if TYPE_CHECKING:
+    from .engine import Engine, PersonaPlexBatch
     from .engine.cascade.choose import TierChoice
 
 
@@ -230,6 +231,8 @@ def _run_batch(
 def resolve_model_dir(model: str | None) -> Path:
     """`tiny` -> the built-in tiny model (built once); a folder -> itself; None -> pulled weights."""
     if model == "tiny":
+        from .engine.tiny import ensure_tiny_model
+
         return ensure_tiny_model()
     if model is not None:
         return Path(model).expanduser()
@@ -361,6 +364,8 @@ def open_engine(
 
 
 def _open_personaplex(settings: TalkSettings, spec: ConversationSpec) -> Engine:
+    from .engine import Engine, check_model, load_model
+
     model_dir = resolve_model_dir(settings.model)
     check_model(model_dir, (spec,))
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype, quantize=settings.quantize)
@@ -374,6 +379,8 @@ def open_batch_engine(
 
     specs: conversations checked before the weights load; most: no more rows than this (the conversations there are).
     """
+    from .engine import PersonaPlexBatch, check_model, load_model, max_batch_size
+
     model_dir = resolve_model_dir(settings.model)
     check_model(model_dir, specs)
     model = load_model(model_dir, device=settings.device, dtype=settings.dtype, quantize=settings.quantize)

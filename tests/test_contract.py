@@ -16,7 +16,7 @@ def test_the_contract_and_the_cli_start_without_torch() -> None:
         "import sys\n"
         "from aimsvoice.engine.contract import BatchEngine, ConversationSpec, FrameEngine, SoloEngine, StepOut\n"
         "from aimsvoice.engine import ConversationSpec as again\n"
-        "import aimsvoice, aimsvoice.cli\n"
+        "import aimsvoice, aimsvoice.cli, aimsvoice.session, aimsvoice.live, aimsvoice.engine.cascade\n"
         "assert again is ConversationSpec\n"
         "print(sorted(m for m in ('torch', 'moshi') if m in sys.modules))\n"
     )
