@@ -65,15 +65,16 @@ def alone(model, conversation: Conversation) -> Heard:
     return Heard([o.text_token for o in outs], [codes[0, :, 0].tolist() for codes in seen])
 
 
-def batched(model, conversations: list[Conversation], batch_size: int) -> tuple[list[Heard], list[int]]:
-    """Run the conversations as rows; returns what each produced, and how many rows talked at each tick."""
+def batched(model, conversations: list[Conversation], batch_size: int, engine: PersonaPlexBatch | None = None) -> tuple[list[Heard], list[int]]:
+    """Run the conversations as rows (on `engine`, else a new batch); returns what each produced, and how
+    many rows talked at each tick."""
     heard = [Heard([], []) for _ in conversations]
     waiting = list(range(len(conversations)))
     rows: dict[int, int] = {}  # row -> conversation
     next_frame = [0] * len(conversations)
     skipped: set[tuple[int, int]] = set()
     talking_per_tick: list[int] = []
-    with PersonaPlexBatch(model, CPU, batch_size) as engine:
+    with engine if engine is not None else PersonaPlexBatch(model, CPU, batch_size) as engine:
         seen = spy_codes(engine)
         tick = 0
         while waiting or rows:

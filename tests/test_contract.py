@@ -44,6 +44,9 @@ class CountingBatch:
     def in_prompt(self, row: int) -> bool:
         return bool(self.left)
 
+    def waiting(self, row: int) -> bool:
+        return False
+
     def tick(self, frames):
         self.ticks += 1
         if self.left:

@@ -112,6 +112,23 @@ def test_three_personas_at_once_each_say_what_they_would_say_alone(server, recor
     assert len(set(conversations)) == 3, "each persona has a conversation of its own"
 
 
+def test_a_persona_seen_before_is_ready_without_its_prompt_and_says_what_it_would_alone(server, records: Path, tiny_dir: Path) -> None:
+    """The second session with a persona starts from what the first one's system prompt left (prompt_memory.py)."""
+    prompt = "You coach a team that lost its last three games."
+    first = run(talk_ws(server.ws + "/ws", speechlike(5, 20), persona="headcoach", text_prompt=prompt, **GREEDY))
+    pcm = speechlike(20, 21)
+    second = run(talk_ws(server.ws + "/ws", pcm, persona="headcoach", text_prompt=prompt, seed=3))
+    assert first.end["stats"]["prompt_steps"] > 50 and second.end["stats"]["prompt_steps"] == 0
+    document, user = recording(records, second.of("ready")[0]["session"])
+    settings = document["settings"]
+    assert settings["seed"] == 3 and settings["sampling"]["temp_text"] > 0  # seeded sampling, not the first's greedy
+    spec = ConversationSpec(settings["voice"], settings["text_prompt"], SamplingConfig(**settings["sampling"]), settings["seed"])
+    with Engine(load_model(tiny_dir, device="cpu", dtype="float32"), EngineConfig(device="cpu", dtype="float32")) as engine:
+        engine.start(spec)
+        alone = run_frames(engine, user.astype(np.float32) / np.float32(32768))
+    assert alone.transcript.tokens == document["transcript"]["tokens"]
+
+
 def test_opus_and_resampled_pcm_flow_both_ways_on_ws(server) -> None:
     async def opus_session() -> tuple[Heard, int]:
         heard = Heard()

@@ -77,6 +77,10 @@ class BatchEngine(Protocol):
         """Whether the row is still running its system prompt (it takes no frames yet)."""
         ...
 
+    def waiting(self, row: int) -> bool:
+        """Whether the row's system prompt waits for another row running the same one (it does not step)."""
+        ...
+
     def tick(self, frames: Mapping[int, np.ndarray]) -> dict[int, StepOut]:
         """One step for every row in its prompt and every talking row given a frame; the others wait.
 

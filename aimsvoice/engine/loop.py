@@ -14,7 +14,9 @@ Two layers, both explicit streaming state in moshi's style, batched over convers
 - `PersonaPlexBatch` wraps it with Mimi and runs each row's script: first its system prompt
   (voice prompt, 0.5 s silence, `<system> text <system>` one token per step, 0.5 s silence), one
   step per tick, then the conversation: PCM frame in -> user codes -> step -> agent codes -> PCM
-  frame out. `Engine` is one conversation on a batch of one.
+  frame out. A persona whose prompt ran before in this engine skips it: its row starts from a copy
+  of what the prompt left (prompt_memory.py); while that prompt is still running in another row,
+  it waits for it. `Engine` is one conversation on a batch of one.
 
 Rows are independent: a row that does not step in a tick keeps its state (moshi's exec masks on
 the LM's KV cache and Mimi's convolution states, and our offsets and cache), a row starts with a
@@ -50,6 +52,8 @@ from .config import EngineConfig, SamplingConfig
 from .context import CONTEXT_MODES, PinnedKVCache, pin_context, set_pinned
 from .contract import ConversationSpec, SoloEngine, StepOut
 from .load import AGENT_CODEBOOKS, LoadedModel
+from .memory import prompt_memory_bytes
+from .prompt_memory import PromptMemory, RowSnapshot, capture, restore
 from .prompts import (
     SILENCE_FRAMES,
     SILENCE_TOKENS,
@@ -359,12 +363,14 @@ class _Row:
     plan: list[_PromptStep]
     next_step: int = 0
     cache_path: Path | None = None  # where to save the state of an audio voice prompt, once recorded
+    prompt_key: tuple[str, tuple[int, ...]] | None = None  # its persona's key in the prompt memory, to keep what it leaves
+    waiting: bool = False  # another row runs the same prompt: this one waits to start from what it leaves
     recorded: list[torch.Tensor] = field(default_factory=list)  # input embeddings of the voice prompt
     prompt_state: PromptState | None = None
 
     @property
     def in_prompt(self) -> bool:
-        return self.next_step < len(self.plan)
+        return self.waiting or self.next_step < len(self.plan)
 
 
 class PersonaPlexBatch:
@@ -387,6 +393,7 @@ class PersonaPlexBatch:
         self._batch_size = batch_size
         self._rows: list[_Row | None] = [None] * batch_size
         self._voices: OrderedDict[str, VoicePrompt] = OrderedDict()
+        self.prompt_memory = PromptMemory(prompt_memory_bytes(model))
         self._mimi_exec: np.ndarray | None = None
         self._streaming = ExitStack()
         self._streaming.enter_context(self.mimi.streaming(batch_size))
@@ -453,17 +460,45 @@ class PersonaPlexBatch:
         """Take a free row for a conversation and queue its system prompt (run by the next ticks)."""
         voice = self.voice(spec.voice) if spec.voice else None
         ids = self.tokenizer.encode(wrap_system_tags(spec.text_prompt)) if spec.text_prompt.strip() else []
+        check_prompt_fits(voice.n_steps if voice is not None else 0, len(ids), self.model.files.lm_kwargs.get("context"))
+        key = (voice.fingerprint if voice is not None else "", tuple(ids))
+        state = self.gen._state()
+        snapshot = self.prompt_memory.get(key)
+        if snapshot is not None:  # this persona's prompt ran before: the row starts where it left off
+            row = self._take_row(_Row(spec, voice, []))
+            state.sampling.set_row(row, spec.sampling, spec.seed)
+            self._start_from(row, snapshot)
+            return row
         voice_plan = self._voice_plan(voice) if voice is not None else []
-        check_prompt_fits(len(voice_plan), len(ids), self.model.files.lm_kwargs.get("context"))
         plan = voice_plan + self._spacer() + [_PromptStep(self._sine, self._silence, token) for token in ids] + self._spacer()
         cache_path = prompt_cache_path(voice, self.prompt_cache_key) if voice is not None and voice.audio is not None else None
-        row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path))
-        self.gen._state().sampling.set_row(row, spec.sampling, spec.seed)
+        waiting = self._leader(key) is not None  # the same prompt is under way in another row
+        row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path, prompt_key=key, waiting=waiting))
+        state.sampling.set_row(row, spec.sampling, spec.seed)
         self.gen.pin(row, len(plan) - 1)  # the LM runs on every prompt step but the first
         return row
 
+    def _leader(self, key: tuple[str, tuple[int, ...]]) -> int | None:
+        """The row running the system prompt of `key`, if one is."""
+        for index, r in enumerate(self._rows):
+            if r is not None and r.prompt_key == key and not r.waiting and r.in_prompt:
+                return index
+        return None
+
+    def _start_from(self, row: int, snapshot: RowSnapshot) -> None:
+        """Start a freshly reset row (its sampling set) from what its persona's system prompt left."""
+        state = self.gen._state()
+        restore(self.model.lm, state.cache, state.forced, state.offsets, row, snapshot)
+        state.sampling.skip(row, snapshot.lm_steps, self.model.lm.dep_q)
+        self.gen.pin(row, snapshot.lm_steps)
+        r = self._row(row)
+        r.waiting, r.next_step = False, len(r.plan)
+
     def in_prompt(self, row: int) -> bool:
         return self._row(row).in_prompt
+
+    def waiting(self, row: int) -> bool:
+        return self._row(row).waiting
 
     def prompt_steps_left(self, row: int) -> int:
         """Ticks the row's system prompt still needs."""
@@ -477,8 +512,12 @@ class PersonaPlexBatch:
 
     def close_row(self, row: int) -> None:
         """End the row's conversation; the row is free for another."""
-        self._row(row)
+        r = self._row(row)
         self._rows[row] = None
+        if r.prompt_key is not None and r.in_prompt and not r.waiting:  # a row waiting on this prompt runs it instead
+            follower = next((i for i, o in enumerate(self._rows) if o is not None and o.waiting and o.prompt_key == r.prompt_key), None)
+            if follower is not None:
+                self._rows[follower].waiting = False  # type: ignore[union-attr]
 
     def free_rows(self) -> int:
         return sum(r is None for r in self._rows)
@@ -617,7 +656,7 @@ class PersonaPlexBatch:
             pcm[row, 0] = np.asarray(frame, dtype=np.float32)
             forced[row, USER] = True
         for row, r in enumerate(self._rows):
-            if r is None or not r.in_prompt:
+            if r is None or not r.in_prompt or r.waiting:
                 continue
             step = steps[row] = r.plan[r.next_step]
             run[row] = True
@@ -685,10 +724,19 @@ class PersonaPlexBatch:
                 except OSError as e:
                     logger.warning("cannot cache the voice prompt state at %s: %s", r.cache_path, e)
         if not r.in_prompt and r.spec is not None:
+            if r.prompt_key is not None and (r.prompt_key not in self.prompt_memory or self._waiting_on(r.prompt_key)):
+                state = self.gen._state()
+                snapshot = capture(self.model.lm, state.cache, state.forced, state.offsets, row, len(r.plan) - 1)
+                self.prompt_memory.put(r.prompt_key, snapshot)
+                for follower in self._waiting_on(r.prompt_key):
+                    self._start_from(follower, snapshot)
             mask = torch.zeros(self.batch_size, dtype=torch.bool)
             mask[row] = True
             self.mimi.reset_streaming(mask)  # the voice prompt went through the encoder
             self._mimi_exec = None
+
+    def _waiting_on(self, key: tuple[str, tuple[int, ...]]) -> list[int]:
+        return [i for i, r in enumerate(self._rows) if r is not None and r.waiting and r.prompt_key == key]
 
     def _sync(self) -> None:
         if self.config.profile and self.device.type == "cuda":

@@ -7,6 +7,7 @@ given Mimi's tokens for silence between the prompts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -101,6 +102,16 @@ class VoicePrompt:
         """Hash of the audio samples, the key of the on-disk prompt-state cache."""
         assert self.audio is not None
         return hashlib.sha256(np.ascontiguousarray(self.audio).tobytes()).hexdigest()[:24]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the voice conditions on, hashed: its audio samples, or its prompt state's tensors."""
+        if self.state is None:
+            return f"audio:{self.content_hash}"
+        digest = hashlib.sha256()
+        for tensor in (self.state.embeddings, self.state.cache):
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return f"state:{digest.hexdigest()[:24]}"
 
 
 def check_prompt_fits(voice_steps: int, n_text_tokens: int, context: int | None) -> None:

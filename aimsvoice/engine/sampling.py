@@ -91,11 +91,20 @@ class BatchSampling:
         noise = torch.ones(len(self.generators), n_streams, width, dtype=torch.float32, device=self.device)
         for row in rows:
             if not stream.greedy_rows[row]:
-                k = stream.top_k_rows[row]
-                # Drawn into a tensor of the row's own shape: the values never depend on `width`.
-                drawn = torch.empty(n_streams, k, dtype=torch.float32, device=self.device)
-                noise[row, :, :k] = drawn.exponential_(1.0, generator=self.generators[row])
+                noise[row, :, : stream.top_k_rows[row]] = self._draw(stream, row, n_streams)
         return noise
+
+    def skip(self, row: int, steps: int, audio_streams: int) -> None:
+        """Advance the row's generator past what `steps` steps draw (text, then audio), as if it had run them."""
+        for _ in range(steps):
+            for stream, n_streams in ((self.text, 1), (self.audio, audio_streams)):
+                if not stream.greedy_rows[row]:
+                    self._draw(stream, row, n_streams)
+
+    def _draw(self, stream: StreamSampling, row: int, n_streams: int) -> torch.Tensor:
+        # Drawn into a tensor of the row's own shape: the values never depend on the batch's width.
+        drawn = torch.empty(n_streams, stream.top_k_rows[row], dtype=torch.float32, device=self.device)
+        return drawn.exponential_(1.0, generator=self.generators[row])
 
 
 def sample_rows(logits: torch.Tensor, stream: StreamSampling, noise: torch.Tensor | None) -> torch.Tensor:

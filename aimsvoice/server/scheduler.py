@@ -340,6 +340,8 @@ class Scheduler:
             session.info["engine"] = engine.describe(row)
             session.state = "prompt"
             self._rows[row] = session
+            if not engine.in_prompt(row):  # its persona's prompt ran before: the row starts from what it left
+                self._after_prompt([session], self._clock())
 
     def _realtime_tick(self) -> None:
         engine = self._engine
@@ -358,11 +360,12 @@ class Scheduler:
             else:
                 self._clocks[session.id].heard(now, level_dbfs(pcm))
             frames[session.row] = pcm
+        stepping = talking + [s for s in prompting if not engine.waiting(s.row)]
         started = self._clock()
         outs = engine.tick(frames)
         ended = self._clock()
         self._pacer.ticked(started, ended)
-        self._account(talking + prompting, ended - started, "realtime")
+        self._account(stepping, ended - started, "realtime")
         with self._lock:
             self._tick_ms.append(1000.0 * (ended - started))
         if self._pacer.restarts > self._restarts_seen:
@@ -385,11 +388,12 @@ class Scheduler:
         engine = self._engine
         assert engine is not None
         prompting = [s for s in self._rows.values() if s.state == "prompt"]
+        stepping = [s for s in prompting if not engine.waiting(s.row)]
         started = self._clock()
         engine.tick({})
         ended = self._clock()
         self._pacer.prompt_ticked(started, ended)
-        self._account(prompting, ended - started, "prompt")
+        self._account(stepping, ended - started, "prompt")
         self._after_prompt(prompting, ended)
 
     def _account(self, sessions: list[ServerSession], seconds: float, kind: str) -> None:

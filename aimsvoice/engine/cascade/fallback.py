@@ -117,6 +117,9 @@ class FrameRows:
     def in_prompt(self, row: int) -> bool:
         return False
 
+    def waiting(self, row: int) -> bool:
+        return False
+
     def tick(self, frames: dict[int, np.ndarray]) -> dict[int, StepOut]:
         outs = {}
         for row, pcm in frames.items():
