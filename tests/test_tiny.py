@@ -46,3 +46,28 @@ def test_deterministic_from_seed(tiny_dir: Path, tmp_path: Path) -> None:
 
     other = tensors(write_tiny_model(tmp_path / "other", seed=1))
     assert not torch.equal(other[f"{layout.LM_NAME}:text_emb.weight"], reference[f"{layout.LM_NAME}:text_emb.weight"])
+
+
+def test_it_hears_what_the_user_says_and_its_voices_differ(tiny_dir: Path) -> None:
+    """Mimi's codebooks are fitted to its encoder: other sounds get other codes, so the user's audio
+    changes what the agent says (a model deaf to its input would make every test of it weaker)."""
+    import numpy as np
+
+    from aimsvoice.audio import FRAME_SIZE, read_wav
+    from aimsvoice.engine import ConversationSpec, Engine, EngineConfig, SamplingConfig, load_voice
+
+    speech = read_wav(Path(__file__).parent / "data" / "parity" / "user.wav")
+    frames = len(speech) // FRAME_SIZE
+    model = load_model(tiny_dir, device="cpu", dtype="float32")
+    with torch.no_grad():
+        codes = model.mimi.encode(torch.from_numpy(speech[: frames * FRAME_SIZE])[None, None])[0]
+    assert len(set(codes[0].tolist())) > frames // 2, "speech is not one code over and over"
+
+    def agent_tokens(pcm: np.ndarray) -> list[int]:
+        with Engine(model, EngineConfig(device="cpu", dtype="float32")) as engine:
+            engine.start(ConversationSpec("NATF0", "You are a coach.", SamplingConfig(greedy=True)))
+            return [engine.step(pcm[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]).text_token for i in range(frames)]
+
+    assert agent_tokens(speech) != agent_tokens(np.zeros_like(speech))
+    fingerprints = {load_voice(name, tiny_dir).fingerprint for name in layout.VOICE_NAMES}
+    assert len(fingerprints) == len(layout.VOICE_NAMES)

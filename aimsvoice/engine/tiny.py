@@ -20,8 +20,8 @@ import numpy as np
 import sentencepiece
 import torch
 from moshi.models import loaders
+from moshi.models.compression import MimiModel
 from moshi.modules.transformer import StreamingMultiheadAttention
-from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors.torch import save_file
 
 from .. import layout, xdg
@@ -30,7 +30,7 @@ from .load import PERSONAPLEX_LM_KWARGS
 
 logger = logging.getLogger(__name__)
 
-TINY_VERSION = 5  # bump when the recipe changes, so cached tiny models are rebuilt
+TINY_VERSION = 6  # bump when the recipe changes, so cached tiny models are rebuilt
 MIMI_CONFIG_NAME = "mimi_config.json"
 
 TINY_MIMI_CONFIG = {
@@ -135,10 +135,7 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
         (directory / layout.CONFIG_NAME).write_text(json.dumps({**lm_kwargs, "mimi_config_name": MIMI_CONFIG_NAME}, indent=1))
 
         mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu", num_codebooks=8)
-        for codebook in mimi.modules():
-            if isinstance(codebook, EuclideanCodebook):  # untrained codebooks are all zero
-                codebook.embedding_sum.normal_()
-                codebook._initialized.fill_(1.0)
+        _fit_codebooks(mimi)
         save_file(_checkpoint_state(mimi), str(directory / layout.MIMI_NAME))
 
         lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)
@@ -150,6 +147,27 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
         torch.random.set_rng_state(generator_state)
     _write_voices(directory)
     return directory
+
+
+def _fit_codebooks(mimi: MimiModel) -> None:
+    """Fit Mimi's codebooks to its random encoder's latents with moshi's own k-means initialization.
+
+    Untrained codebooks are all zero; random ones lie far from the latents, so every input would
+    quantize to the same codes and the model would hear nothing. Fitted, different sounds get
+    different codes, and what the user says changes what the model does.
+    """
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(48):  # 5 s each: voiced sounds at many pitches and levels, noise, near silence
+        voiced = _voice_audio(i % 12, female=bool(i % 2), seconds=5.0) * rng.uniform(0.2, 3.0)
+        noise = rng.standard_normal(len(voiced)) * rng.choice([0.0, 0.003, 0.03, 0.1])
+        clips.append((voiced * (i % 3 != 2) + noise).astype(np.float32))
+    audio = torch.from_numpy(np.stack(clips))[:, None]
+    with torch.no_grad():
+        latent = mimi._encode_to_unquantized_latent(audio)
+        mimi.quantizer.train()
+        mimi.quantizer(latent, int(mimi.frame_rate))  # k-means on each level's residuals (`_initialized` is 0)
+        mimi.quantizer.eval()
 
 
 def _checkpoint_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
