@@ -16,6 +16,8 @@ from aimsvoice.engine import ConversationSpec, Engine, EngineConfig, load_model
 from aimsvoice.engine.tiny import TINY_LM_KWARGS
 from cli_run import run_main
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 
 def test_compute_json_and_dated_entries(tiny_dir, tmp_path, capsys, monkeypatch) -> None:
     benchmarks = tmp_path / "BENCHMARKS.md"

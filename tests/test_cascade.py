@@ -23,6 +23,8 @@ from aimsvoice.engine.contract import ConversationSpec
 from aimsvoice.session import run_frames
 from fakecloud import GOOD_KEY, GOOD_XI_KEY, FakeCloud, Plan, closed_port_url
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 PROMPT = "You are a geography tutor. You answer in two short sentences."
 REPLY = "Paris is the capital. It sits on the Seine."
 QUIET = 1e-4  # below this the agent is silent

@@ -19,6 +19,8 @@ from cli_run import run_main
 from fakecloud import GOOD_KEY, GOOD_XI_KEY, FakeCloud, closed_port_url
 from serve_helpers import Heard, config_message, read_to_close, run, running, s16, until, ws_connect
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 TT1 = builtin_suite_dir() / "smooth_turn_taking" / "tt-1"
 UI1 = builtin_suite_dir() / "user_interruption" / "ui-1"
 

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import signal
 import struct
@@ -291,8 +292,11 @@ def test_bench_aec_ranges(flag, value, capsys, monkeypatch) -> None:
 def test_version_and_shell_completion() -> None:
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == "aimsvoice 0.1.0"
-    completion = cli("--show-completion", "bash")
-    assert completion.returncode == 0 and "complete" in completion.stdout and "aimsvoice" in completion.stdout
+    # Typed in bash: Typer finds the shell among the command's parents (under make it would find sh).
+    completion = subprocess.run(["bash", "-c", f"{shlex.quote(str(CLI))} --show-completion; exit $?"],
+                                capture_output=True, text=True, timeout=300)
+    assert completion.returncode == 0, completion.stderr
+    assert "complete" in completion.stdout and "aimsvoice" in completion.stdout
 
 
 def test_ogg_opus_in_and_out(tiny_dir, tmp_path, capsys, monkeypatch) -> None:

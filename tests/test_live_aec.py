@@ -37,6 +37,8 @@ from aimsvoice.ui import AEC_ON_HINT, HEADPHONE_HINT, live_hints, plain_line, re
 from test_live_parts import snapshot
 from virtual_audio import PulseServer, child_env
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 BLOCK = 480
 IN_LATENCY_MS = 150  # ADC time = callback time - block - this
 OUT_LATENCY_MS = 500  # DAC time = callback time + this: 670 ms in all, past the ~500 ms AEC3 searches alone

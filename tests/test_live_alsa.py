@@ -14,8 +14,11 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from virtual_audio import AlsaFileDevices, alsa_without_devices, child_env, run_child
+
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
 
 MIC, SPEAKER = "aimsvoice_mic", "aimsvoice_speaker"
 

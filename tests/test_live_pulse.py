@@ -19,6 +19,8 @@ import pytest
 
 from virtual_audio import Child, PulseServer, child_env, run_child
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 RUNNING = r"\] frames [1-9]"  # a --no-ui status line once the engine has stepped
 
 

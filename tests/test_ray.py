@@ -23,6 +23,8 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'aimsvoice[ray]'")
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 HERE = Path(__file__).parent
 CHILD_TIMEOUT_S = 300
 SESSION_S = 14.0  # as in ray_scenarios.py

@@ -29,6 +29,8 @@ from serve_helpers import (
     Heard, config_message, heard_wav, read_to_close, recv, run, running, s16, speechlike, tiny_config, until, ws_connect,
 )
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 SHORT = "Hi."  # a short text prompt: the system prompt runs in about a second on the tiny model
 GREEDY = {"text_temperature": 0, "audio_temperature": 0}
 

@@ -19,6 +19,8 @@ from aimsvoice import personas
 from aimsvoice.server import web
 from serve_helpers import Heard, config_message, read_to_close, run, running, tiny_config, until, ws_connect
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "0123456789abcdef0123456789abcdef"
 

@@ -30,6 +30,8 @@ pytest.importorskip("selenium", reason="the web page's tests need selenium: pip 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
+pytestmark = pytest.mark.realtime  # wall-clock time: run alone, never beside other tests (Makefile)
+
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "out" / "web-screenshots"
 MIC_RATE = 48_000
