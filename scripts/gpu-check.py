@@ -12,13 +12,15 @@ the budget left is skipped (said in the table), so a borrowed GPU's few minutes 
                  the wheels in that folder, nothing downloaded); not counted in --budget-s
  2. gpu          the card, driver, torch and CUDA as torch sees them
  3. parity       tests/test_parity.py's float32 goldens on CUDA (AIMSVOICE_TEST_DEVICE=cuda, TF32 off)
- 4. kernels      the int8 product (PyTorch's int8 kernel, int8 cast to bfloat16, bitsandbytes) against
+ 4. graphs       a batch of one is the solo engine, and a persona's prompt copied into a row is
+                 bit-identical to running it, on CUDA with CUDA graphs (the copy writes in place)
+ 5. kernels      the int8 product (PyTorch's int8 kernel, int8 cast to bfloat16, bitsandbytes) against
                  bfloat16 on PersonaPlex 7B's shapes: which kernel --quantize int8 should use there
- 5-8. compute    `bench compute --random-weights 7b` in bfloat16 and int8, B = 1, 2, 4, 8 with CUDA
+ 6-9. compute    `bench compute --random-weights 7b` in bfloat16 and int8, B = 1, 2, 4, 8 with CUDA
                  graphs, and B = 1 without them (peak memory: does int8 fit a 12 GB card?)
- 9. agreement    int8 and bfloat16 against float32 on the small random model, on the GPU
-10. live         `bench turns --model tiny --live`: the real-time loop on a paced virtual sound card
-11. context      `bench context --model tiny --minutes 60`: memory flat past the window (fewer minutes
+10. agreement    int8 and bfloat16 against float32 on the small random model, on the GPU
+11. live         `bench turns --model tiny --live`: the real-time loop on a paced virtual sound card
+12. context      `bench context --model tiny --minutes 60`: memory flat past the window (fewer minutes
                  when the budget left is short; said in the table)
 
 Prints one table; with --append (default BENCHMARKS.md, not in a dry run) writes it there as a
@@ -95,6 +97,10 @@ def steps(plan: Plan) -> list[Step]:
         Step("gpu", [py, "-c", _GPU_FACTS], 60, 5, _read_json),
         Step("parity", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_parity.py"], 180, 30, _read_pytest,
              env={"AIMSVOICE_TEST_DEVICE": plan.device}),
+        Step("graphs", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_batch.py::test_batch_size_one_is_the_solo_engine",
+                        "tests/test_prompt_memory.py::test_in_a_batch_of_one_the_copy_is_bit_identical"],
+             180, 30, _read_pytest, env={"AIMSVOICE_TEST_DEVICE": plan.device}),
         Step("kernels", [py, "scripts/int8-figures.py", "kernels", *dev, "--batch", "1,8", "--json",
                          *(["--repeats", "3"] if plan.dry else [])], 120, 20, _read_kernels),
         Step("compute bfloat16", [*compute, "--quantize", "none", "--batch", plan.batches], 200 * scale, 60, _read_compute),
@@ -271,7 +277,7 @@ def _figures_cell(step: Step) -> str:
     if step.name == "gpu":
         card = f"{f['gpu']} ({f['gpu_memory_gib']} GiB, compute capability {f['capability']})" if "gpu" in f else "no GPU"
         return f"{card}, torch {f['torch']}, CUDA {f['cuda']}".replace("|", "/")
-    if step.name == "parity":
+    if step.name in ("parity", "graphs"):
         return f"{f['passed']} passed, {f['failed']} failed, {f['skipped']} skipped"
     if step.name == "kernels":
         return "linears of one 7B step: " + ", ".join(f"{k} {v:.1f} ms" for k, v in f["ms_per_7b_step"].items())

@@ -8,6 +8,7 @@ agent's audio codes must be identical, greedy and seeded alike.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from aimsvoice.audio import FRAME_SIZE, write_wav
 from aimsvoice.engine import ConversationSpec, Engine, EngineConfig, PersonaPlexBatch, SamplingConfig, load_model
 from aimsvoice.engine.loop import AGENT
 
-CPU = EngineConfig(device="cpu", dtype="float32")
+# AIMSVOICE_TEST_DEVICE=cuda runs them on a GPU, with CUDA graphs (`make gpu-check` runs the batch-of-one ones).
+DEVICE = os.environ.get("AIMSVOICE_TEST_DEVICE", "cpu")
+CONFIG = EngineConfig(device=DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path):
-    return load_model(tiny_dir, device="cpu", dtype="float32")
+    return load_model(tiny_dir, device=DEVICE, dtype="float32")
 
 
 @dataclass
@@ -57,7 +60,7 @@ def spy_codes(engine: PersonaPlexBatch) -> list[torch.Tensor]:
 
 
 def alone(model, conversation: Conversation) -> Heard:
-    with Engine(model, CPU) as engine:
+    with Engine(model, CONFIG) as engine:
         seen = spy_codes(engine.batch)
         engine.start(conversation.spec)
         outs = [engine.step(frame) for frame in conversation.frames]
@@ -74,7 +77,7 @@ def batched(model, conversations: list[Conversation], batch_size: int, engine: P
     next_frame = [0] * len(conversations)
     skipped: set[tuple[int, int]] = set()
     talking_per_tick: list[int] = []
-    with engine if engine is not None else PersonaPlexBatch(model, CPU, batch_size) as engine:
+    with engine if engine is not None else PersonaPlexBatch(model, CONFIG, batch_size) as engine:
         seen = spy_codes(engine)
         tick = 0
         while waiting or rows:
@@ -158,7 +161,7 @@ def test_a_row_that_waits_keeps_its_state_while_others_step(model) -> None:
     """A talking row left out of many ticks (its client late) continues exactly where it was."""
     spec = ConversationSpec("NATF0", "You are patient.", SamplingConfig(greedy=True))
     frames = noise(12, 21)
-    with PersonaPlexBatch(model, CPU, batch_size=2) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=2) as engine:
         waiting = engine.open(spec)
         other = engine.open(ConversationSpec("NATM3", "You talk a lot.", SamplingConfig(), seed=1))
         while engine.in_prompt(waiting) or engine.in_prompt(other):
@@ -175,10 +178,10 @@ def test_batch_size_one_is_the_solo_engine(model) -> None:
     """`Engine` is a batch of one: its PCM is bit-identical to a PersonaPlexBatch(1) row's."""
     spec = ConversationSpec("VARM0", "You are a coach.", SamplingConfig(), seed=4)
     frames = noise(10, 30)
-    with Engine(model, CPU) as engine:
+    with Engine(model, CONFIG) as engine:
         engine.start(spec)
         solo = np.concatenate([engine.step(f).pcm for f in frames])
-    with PersonaPlexBatch(model, CPU, batch_size=1) as batch:
+    with PersonaPlexBatch(model, CONFIG, batch_size=1) as batch:
         row = batch.open(spec)
         while batch.in_prompt(row):
             assert batch.tick({}) == {}
@@ -187,7 +190,7 @@ def test_batch_size_one_is_the_solo_engine(model) -> None:
 
 
 def test_rows_are_refused_beyond_the_batch_and_frames_only_go_to_talking_rows(model) -> None:
-    with PersonaPlexBatch(model, CPU, batch_size=1) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=1) as engine:
         row = engine.open(ConversationSpec("NATF1", "Hi."))
         with pytest.raises(RuntimeError, match="all 1 rows"):
             engine.open(ConversationSpec("NATF1", "Hi."))

@@ -15,12 +15,12 @@ import pytest
 
 from aimsvoice.engine import ConversationSpec, Engine, PersonaPlexBatch, SamplingConfig, load_model
 from aimsvoice.engine.prompt_memory import PromptMemory
-from test_batch import CPU, Conversation, alone, batched, noise, spy_codes, wav_voice  # noqa: F401 (a fixture)
+from test_batch import CONFIG, DEVICE, Conversation, alone, batched, noise, spy_codes, wav_voice  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path):
-    return load_model(tiny_dir, device="cpu", dtype="float32")
+    return load_model(tiny_dir, device=DEVICE, dtype="float32")
 
 
 def test_a_second_conversation_with_a_persona_starts_at_once_and_says_what_it_would_have(model, wav_voice) -> None:
@@ -34,7 +34,7 @@ def test_a_second_conversation_with_a_persona_starts_at_once_and_says_what_it_wo
         Conversation(ConversationSpec(wav_voice, "You are terse.", SamplingConfig(greedy=True)), noise(10, 4), join_tick=60),
         Conversation(ConversationSpec("NATF2", "You are a head coach.", hot, seed=6), noise(9, 5), join_tick=60),
     ]
-    with PersonaPlexBatch(model, CPU, batch_size=2) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=2) as engine:
         memory = engine.prompt_memory
         heard, _ = batched(model, convs, batch_size=2, engine=engine)
         assert (memory.hits, memory.misses, len(memory)) == (3, 2, 2)
@@ -51,7 +51,7 @@ def test_rows_opening_while_their_personas_prompt_runs_wait_for_it_and_start_fro
         Conversation(ConversationSpec(*coach, SamplingConfig(), seed=2), noise(10, 2), join_tick=3),
         Conversation(ConversationSpec(*coach, SamplingConfig(greedy=True)), noise(6, 3), join_tick=7),
     ]
-    with PersonaPlexBatch(model, CPU, batch_size=3) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=3) as engine:
         heard, talking = batched(model, convs, batch_size=3, engine=engine)
         assert engine.prompt_memory.hits == 0 and len(engine.prompt_memory) == 1
     assert next(n for n in talking if n) == 3, "all three started talking at the tick the first prompt ended"
@@ -63,7 +63,7 @@ def test_rows_opening_while_their_personas_prompt_runs_wait_for_it_and_start_fro
 def test_a_row_waiting_on_a_prompt_whose_row_closes_runs_the_prompt_itself(model) -> None:
     spec = ConversationSpec("NATF2", "You are a head coach.", SamplingConfig(), seed=8)
     frames = noise(8, 4)
-    with PersonaPlexBatch(model, CPU, batch_size=2) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=2) as engine:
         leader = engine.open(ConversationSpec("NATF2", "You are a head coach.", SamplingConfig(greedy=True)))
         follower = engine.open(spec)
         for _ in range(5):
@@ -81,7 +81,7 @@ def test_a_row_waiting_on_a_prompt_whose_row_closes_runs_the_prompt_itself(model
 
 @pytest.mark.parametrize("context", ["pinned", "ring"])
 def test_in_a_batch_of_one_the_copy_is_bit_identical(model, context: str) -> None:
-    config = replace(CPU, context=context)
+    config = replace(CONFIG, context=context)
     spec = ConversationSpec("VARM1", "You sell boats.", SamplingConfig(), seed=12)
     frames = noise(10, 7)
     with Engine(model, config) as engine:
@@ -108,7 +108,7 @@ def test_another_text_or_voice_is_another_persona_and_sampling_is_not(model, wav
         (ConversationSpec("NATF1", "Hi.", SamplingConfig(greedy=True), seed=3), True),
         (ConversationSpec(wav_voice, "Hi.", SamplingConfig(temp_text=0.3), seed=4), True),
     ]
-    with PersonaPlexBatch(model, CPU, batch_size=1) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=1) as engine:
         for spec, known in specs_and_known:
             row = engine.open(spec)
             assert engine.in_prompt(row) != known, spec
@@ -119,7 +119,7 @@ def test_another_text_or_voice_is_another_persona_and_sampling_is_not(model, wav
 
 
 def test_the_memory_keeps_the_most_recent_within_its_budget(model) -> None:
-    with PersonaPlexBatch(model, CPU, batch_size=1) as engine:
+    with PersonaPlexBatch(model, CONFIG, batch_size=1) as engine:
         row = engine.open(ConversationSpec("NATF1", "Hi."))
         while engine.in_prompt(row):
             engine.tick({})
