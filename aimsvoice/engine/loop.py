@@ -515,9 +515,9 @@ class PersonaPlexBatch:
         r = self._row(row)
         self._rows[row] = None
         if r.prompt_key is not None and r.in_prompt and not r.waiting:  # a row waiting on this prompt runs it instead
-            follower = next((i for i, o in enumerate(self._rows) if o is not None and o.waiting and o.prompt_key == r.prompt_key), None)
+            follower = next((o for o in self._rows if o is not None and o.waiting and o.prompt_key == r.prompt_key), None)
             if follower is not None:
-                self._rows[follower].waiting = False  # type: ignore[union-attr]
+                follower.waiting = False
 
     def free_rows(self) -> int:
         return sum(r is None for r in self._rows)
