@@ -472,18 +472,15 @@ class PersonaPlexBatch:
         voice_plan = self._voice_plan(voice) if voice is not None else []
         plan = voice_plan + self._spacer() + [_PromptStep(self._sine, self._silence, token) for token in ids] + self._spacer()
         cache_path = prompt_cache_path(voice, self.prompt_cache_key) if voice is not None and voice.audio is not None else None
-        waiting = self._leader(key) is not None  # the same prompt is under way in another row
+        waiting = self._prompt_running(key)  # in another row: this one starts from what it leaves
         row = self._take_row(_Row(spec, voice, plan, cache_path=cache_path, prompt_key=key, waiting=waiting))
         state.sampling.set_row(row, spec.sampling, spec.seed)
         self.gen.pin(row, len(plan) - 1)  # the LM runs on every prompt step but the first
         return row
 
-    def _leader(self, key: tuple[str, tuple[int, ...]]) -> int | None:
-        """The row running the system prompt of `key`, if one is."""
-        for index, r in enumerate(self._rows):
-            if r is not None and r.prompt_key == key and not r.waiting and r.in_prompt:
-                return index
-        return None
+    def _prompt_running(self, key: tuple[str, tuple[int, ...]]) -> bool:
+        """Whether a row is running the system prompt of `key`."""
+        return any(r is not None and r.prompt_key == key and not r.waiting and r.in_prompt for r in self._rows)
 
     def _start_from(self, row: int, snapshot: RowSnapshot) -> None:
         """Start a freshly reset row (its sampling set) from what its persona's system prompt left."""
@@ -515,9 +512,9 @@ class PersonaPlexBatch:
         r = self._row(row)
         self._rows[row] = None
         if r.prompt_key is not None and r.in_prompt and not r.waiting:  # a row waiting on this prompt runs it instead
-            follower = next((o for o in self._rows if o is not None and o.waiting and o.prompt_key == r.prompt_key), None)
-            if follower is not None:
-                follower.waiting = False
+            followers = self._waiting_on(r.prompt_key)
+            if followers:
+                self._row(followers[0]).waiting = False
 
     def free_rows(self) -> int:
         return sum(r is None for r in self._rows)

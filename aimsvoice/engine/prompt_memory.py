@@ -11,8 +11,8 @@ A copy is what the prompt would have left: the row's own slots are written in pl
 keep their addresses), and a sampling row's random generator is advanced by exactly the draws the
 prompt's steps would have made, so the conversation samples what it would have without the copy.
 A row whose persona's prompt is running in another row when it opens waits for that one and
-starts from its copy (loop.py). Snapshots are kept most recently used first, within a byte budget (by default one batch row's
-attention caches, which `max_batch_size` sets aside).
+starts from its copy (loop.py). Snapshots are kept most recently used first, within a byte budget
+(by default one batch row's attention caches, which `max_batch_size` sets aside).
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ import numpy as np
 import torch
 from moshi.modules.streaming import State, StreamingModule
 from moshi.modules.transformer import _LayerState, _MHAState, _TransformerState
-
-_BOOKKEEPING = {"batch_size", "device", "exec_mask", "_set_exec_mask_graphed", "offset_cpu", "k_cross", "v_cross"}
-
 
 @dataclass
 class RowSnapshot:
@@ -59,7 +56,7 @@ def _row_states(module: StreamingModule) -> list[State]:
         if isinstance(state, (_TransformerState, _MHAState)):
             states.append(state)
             continue
-        extra = [k for k, v in vars(state).items() if isinstance(v, torch.Tensor) and k not in _BOOKKEEPING]
+        extra = [k for k, v in vars(state).items() if isinstance(v, torch.Tensor) and k != "exec_mask"]
         if extra or not (type(state) is State or isinstance(state, _LayerState)):
             raise RuntimeError(f"prompt memory cannot copy the streaming state of {name or 'the LM'} ({type(state).__name__})")
     return states
