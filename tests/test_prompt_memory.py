@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from moshi.modules.transformer import StreamingMultiheadAttention
 
 from aimsvoice.engine import ConversationSpec, Engine, PersonaPlexBatch, SamplingConfig, load_model
 from aimsvoice.engine.prompt_memory import PromptMemory
@@ -135,3 +136,18 @@ def test_the_memory_keeps_the_most_recent_within_its_budget(model) -> None:
     small = PromptMemory(budget_bytes=snapshot.nbytes - 1)
     small.put(("a", ()), snapshot)
     assert len(small) == 0
+
+
+def test_the_memory_holds_one_rows_attention_caches_and_the_batch_sets_them_aside(model, monkeypatch) -> None:
+    from aimsvoice.engine import memory
+
+    lm_kv = sum(2 * a.context * (a.embed_dim // a.kv_repeat) * 4 for a in model.lm.transformer.modules()
+                if isinstance(a, StreamingMultiheadAttention) and a.context)
+    with PersonaPlexBatch(model, CONFIG, batch_size=1) as engine:
+        assert engine.prompt_memory.budget_bytes == memory.prompt_memory_bytes(model) == lm_kv
+    row = memory.row_bytes(model)
+    # Free memory for exactly 3 rows beside the prompt memory: 3 rows; without the memory's share it would be 4.
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int((3.5 * row + lm_kv) / memory.SHARE_OF_FREE))
+    assert memory.max_batch_size(model) == 3
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int((4.0 * row + 0.5 * lm_kv) / memory.SHARE_OF_FREE))
+    assert memory.max_batch_size(model) == 3
