@@ -362,3 +362,24 @@ def test_message_limits_are_named() -> None:
     assert wire.receive({"text": '{"type": "end"}'}) == "client-ended"
     with pytest.raises(ProtocolError, match="unknown message type 'pause'"):
         wire.receive({"text": '{"type": "pause"}'})
+
+
+def test_a_session_refused_before_its_conversation_frees_its_place_at_once() -> None:
+    """A client told its request is bad (closed before any row) may come straight back: its place is free
+    when the transport releases it, not at the tick thread's next turn (here never: it is not started)."""
+    from aimsvoice.server.metrics import Metrics
+    from aimsvoice.server.scheduler import Scheduler
+    from aimsvoice.server.sessions import ServerSession
+
+    scheduler = Scheduler(ServerConfig(model="tiny", device="cpu", max_sessions=1), Metrics(), lambda rows: None)
+    first = scheduler.admit("ws", lambda: None)
+    assert isinstance(first, ServerSession)
+    assert not scheduler.admit("ws", lambda: None).admit  # full
+    scheduler.release(first, "bad-request")
+    assert first.state == "ended" and first.end_reason == "bad-request"
+    again = scheduler.admit("ws", lambda: None)
+    assert isinstance(again, ServerSession)
+    # One whose conversation went to the tick thread is ended there, which frees its row first.
+    scheduler.open(again, None, {})  # type: ignore[arg-type]
+    scheduler.release(again, "client-closed")
+    assert again.state == "admitted" and scheduler.health()["sessions_active"] == 1

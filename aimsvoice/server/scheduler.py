@@ -178,6 +178,7 @@ class Scheduler:
     def open(self, session: ServerSession, spec: ConversationSpec, info: dict[str, Any]) -> None:
         """Queue the session's conversation: a row, its system prompt, then `Ready`."""
         session.info = info
+        session.opened = True
         with self._lock:
             cold = self._state != WARM
         if cold:
@@ -194,6 +195,13 @@ class Scheduler:
         with self._lock:
             session.released = True
             ended = session.state == "ended"
+            if not ended and not session.opened:
+                # The tick thread never had it (refused before its conversation was queued): it ends here,
+                # so its place is free before the client, told of the refusal, can come back.
+                session.end_reason, session.ended_at = reason, self._clock()
+                self.metrics.sessions_ended.labels(reason).inc()
+                self._forget(session)
+                ended = True
         if ended:
             self._report(session)
         else:
@@ -470,12 +478,16 @@ class Scheduler:
         if not any(s.state == "live" for s in self._rows.values()):
             self._pacer.stop()
         with self._lock:
-            session.state = "ended"
-            self._sessions.pop(session.id, None)
-            self.metrics.sessions_active.set(len(self._sessions))
+            self._forget(session)
             report = session.released
         if report:
             self._report(session)
+
+    def _forget(self, session: ServerSession) -> None:
+        """The session has ended: its place is free (call with the lock held)."""
+        session.state = "ended"
+        self._sessions.pop(session.id, None)
+        self.metrics.sessions_active.set(len(self._sessions))
 
     def _fail_all(self, message: str) -> None:
         for session in list(self._rows.values()) + [s for s, _ in self._queued.values()]:

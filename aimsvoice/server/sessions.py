@@ -265,6 +265,7 @@ class ServerSession:
     ended_at: float | None = None
     end_reason: str | None = None
     released: bool = False
+    opened: bool = False  # its conversation went to the tick thread (`Scheduler.open`)
 
     @property
     def live(self) -> bool:
