@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import sphn
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aimsvoice.audio import FRAME_SIZE, SAMPLE_RATE
 from aimsvoice.engine import ConversationSpec, Engine, EngineConfig, SamplingConfig, load_model
@@ -484,6 +484,15 @@ def test_one_session_too_many_is_refused_at_once_with_a_reason(tiny_dir: Path) -
         assert metric(r, "aimsvoice_sessions_rejected_total", reason="full") == 2
 
 
+async def send_unless_closed(ws, message: bytes) -> bool:
+    """Send, unless the server has closed the session meanwhile (its reader records how): False then."""
+    try:
+        await ws.send(message)
+        return True
+    except ConnectionClosed:
+        return False
+
+
 def test_idle_and_session_length_limits_end_sessions_cleanly(tiny_dir: Path) -> None:
     async def silent(r) -> Heard:
         heard = Heard()
@@ -492,9 +501,8 @@ def test_idle_and_session_length_limits_end_sessions_cleanly(tiny_dir: Path) -> 
             await until(ws, heard, "ready")
             reader = asyncio.create_task(read_to_close(ws, heard, timeout=10))
             for _ in range(40):  # digital silence: not speech
-                if reader.done():
+                if reader.done() or not await send_unless_closed(ws, bytes(2 * FRAME_SIZE)):
                     break
-                await ws.send(bytes(2 * FRAME_SIZE))
                 await asyncio.sleep(FRAME_S)
             await reader
             return heard
@@ -507,9 +515,8 @@ def test_idle_and_session_length_limits_end_sessions_cleanly(tiny_dir: Path) -> 
             await until(ws, heard, "ready")
             reader = asyncio.create_task(read_to_close(ws, heard, timeout=15))
             for i in range(0, len(pcm), FRAME_SIZE):
-                if reader.done():
+                if reader.done() or not await send_unless_closed(ws, s16(pcm[i : i + FRAME_SIZE])):
                     break
-                await ws.send(s16(pcm[i : i + FRAME_SIZE]))
                 await asyncio.sleep(FRAME_S)
             await reader
         return heard
